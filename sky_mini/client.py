@@ -1,0 +1,440 @@
+"""What the CLI does, as functions that return data (rendering lives in ``output``).
+
+The client never imports the server. It meets it only in files: it creates job records and
+intents, wakes the server through a FIFO, and reads the server's status snapshot.
+Heavy modules (psutil, yaml) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+from sky_mini.errors import NoServerError, SkyMiniError, UsageError
+from sky_mini.models import JobRecord, JobStatus
+from sky_mini.paths import Paths, check_home_trust, ensure_dirs, get_paths
+from sky_mini.state import LockTimeout, Store, flocked, is_locked, read_json
+
+SERVER_START_TIMEOUT_SECONDS = 30.0
+POLL_SECONDS = 0.05
+FOLLOW_POLL_SECONDS = 0.1
+DEFAULT_QUEUE_LIMIT = 20
+
+
+def open_home(*, create: bool = True) -> Paths:
+    """The home's paths, created 0700 and checked for trust; errors name the path."""
+    paths = get_paths()
+    problem = check_home_trust(paths.home)
+    if problem:
+        raise SkyMiniError(f"refusing to use {paths.home}: {problem}")
+    if create:
+        try:
+            ensure_dirs(paths)
+        except PermissionError as exc:
+            raise SkyMiniError(
+                f"cannot create {exc.filename or paths.home}: permission denied; "
+                "set SKY_MINI_HOME to a directory you own"
+            ) from None
+        except OSError as exc:
+            raise SkyMiniError(
+                f"cannot create {exc.filename or paths.home}: {exc.strerror}; "
+                "check the disk and SKY_MINI_HOME"
+            ) from None
+    return paths
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+def server_running(paths: Paths) -> bool:
+    """True while a server holds the home's server lock (the kernel drops it on death)."""
+    return is_locked(paths.server_lock)
+
+
+def wake_server(paths: Paths) -> bool:
+    """Poke the server's tick loop. False when no server is reading the FIFO."""
+    try:
+        fd = os.open(paths.wake_fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT, errno.ELOOP):
+            return False
+        raise
+    try:
+        os.write(fd, b"w")
+    except BlockingIOError:
+        pass  # the pipe is full of wake-ups already
+    finally:
+        os.close(fd)
+    return True
+
+
+def read_status(paths: Paths) -> dict[str, Any] | None:
+    """The running server's status snapshot, or None when no server runs."""
+    if not server_running(paths):
+        return None
+    data = read_json(paths.server_status, quarantine_bad=False)
+    return data if isinstance(data, dict) else None
+
+
+def start_server(
+    paths: Paths,
+    *,
+    idle_minutes: float | None,
+    executors: int | None = None,
+    timeout: float = SERVER_START_TIMEOUT_SECONDS,
+) -> tuple[int, bool]:
+    """Start a background server unless one runs; return (pid, started_by_us).
+
+    Concurrent callers serialize on the start lock, so exactly one server is spawned even
+    when 30 CLIs race; the server lock, not a PID file, says whether one runs.
+    """
+    try:
+        with flocked(paths.start_lock, timeout=timeout):
+            status = wait_for_status(paths, 0.0)
+            if status is not None:
+                return int(status["pid"]), False
+            pid = spawn_server(paths, idle_minutes=idle_minutes, executors=executors)
+            status = wait_for_healthy(paths, pid, timeout)
+            return int(status["pid"]), True
+    except LockTimeout:
+        raise SkyMiniError(
+            f"another sky-mini has been starting the server for {timeout:g}s; "
+            f"see {paths.server_log}"
+        ) from None
+
+
+def spawn_server(paths: Paths, *, idle_minutes: float | None, executors: int | None) -> int:
+    argv = [sys.executable, "-m", "sky_mini", "serve", "--foreground", "--detached"]
+    argv += ["--idle-minutes", "off" if idle_minutes is None else f"{idle_minutes:g}"]
+    if executors is not None:
+        argv += ["--executors", str(executors)]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+    log_fd = os.open(paths.server_log, flags, 0o600)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(log_fd)
+    return proc.pid
+
+
+def wait_for_status(paths: Paths, timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = read_status(paths)
+        if status is not None and status.get("state") == "running":
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL_SECONDS)
+
+
+def wait_for_healthy(paths: Paths, pid: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = read_status(paths)
+        if status is not None and status.get("state") == "running":
+            return status
+        with contextlib.suppress(ChildProcessError):
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                if server_running(paths):
+                    continue  # it found another server already running
+                raise SkyMiniError(
+                    f"the server exited during start-up (code {code >> 8}); "
+                    f"last lines of {paths.server_log}:\n{tail_text(paths.server_log, 10)}"
+                )
+        time.sleep(POLL_SECONDS)
+    raise SkyMiniError(
+        f"the server did not become healthy within {timeout:g}s; see {paths.server_log}"
+    )
+
+
+def ensure_server(paths: Paths) -> None:
+    """Wake the server, starting one in the background if none runs (auto-start)."""
+    if wake_server(paths):
+        return
+    from sky_mini.config import load_settings
+
+    settings = load_settings(paths)
+    start_server(paths, idle_minutes=settings.idle_minutes)
+    wake_server(paths)
+
+
+def stop_server(paths: Paths, timeout: float) -> int | None:
+    """SIGTERM the server and wait for it to exit; return its PID, None if none ran."""
+    import signal
+
+    status = read_status(paths)
+    if status is None:
+        return None
+    pid = int(status["pid"])
+    from sky_mini.procs import is_same_process
+
+    if not is_same_process(pid, status.get("create_time")):
+        raise SkyMiniError(
+            f"the server lock is held but pid {pid} in {paths.server_status} is not the "
+            "server; not signalling it"
+        )
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while server_running(paths):
+        if time.monotonic() > deadline:
+            raise SkyMiniError(
+                f"the server (pid {pid}) did not stop within {timeout:g}s; see {paths.server_log}"
+            )
+        time.sleep(POLL_SECONDS)
+    return pid
+
+
+def tail_text(path: str, lines: int) -> str:
+    try:
+        return b"".join(tail_lines(path, lines)).decode(errors="replace").rstrip()
+    except OSError:
+        return "(no log)"
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
+    store = Store(paths)
+    env = dict(os.environ)
+    now = time.time()
+
+    def build(job_id: int) -> JobRecord:
+        return JobRecord(
+            id=job_id,
+            task=task,
+            name=name,
+            log_path=paths.job_log(job_id),
+            submitted_at=now,
+            env=env,
+        )
+
+    try:
+        return store.create_job(build)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise SkyMiniError(
+                f"no space left on device in {paths.home}; nothing was recorded. "
+                "Free some space (or prune old jobs) and submit again"
+            ) from None
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise SkyMiniError(
+                f"cannot write in {paths.jobs_dir}: {exc.strerror}; nothing was recorded"
+            ) from None
+        raise
+
+
+def load_job(paths: Paths, job_id: int) -> JobRecord:
+    record = Store(paths).load_job(job_id)
+    if record is None:
+        raise SkyMiniError(
+            f"no job {job_id} in {paths.home}; list jobs with 'sky-mini jobs queue --all'"
+        )
+    return record
+
+
+def list_jobs(paths: Paths, *, show_all: bool, limit: int | None) -> list[JobRecord]:
+    """Unfinished jobs plus the most recent finished ones (``show_all``: every job).
+
+    Reads O(limit + unfinished) files, not the whole history.
+    """
+    store = Store(paths)
+    next_id = store.next_id()
+    active, seen_through = store.read_active()
+    if show_all:
+        lowest = 1 if limit is None else max(1, next_id - limit)
+        ids: Iterable[int] = range(next_id - 1, lowest - 1, -1)
+    else:
+        recent = limit or DEFAULT_QUEUE_LIMIT
+        wanted = set(active) | set(range(max(1, next_id - recent), next_id))
+        wanted |= set(range(seen_through + 1, next_id))
+        ids = sorted(wanted, reverse=True)
+    records = []
+    for job_id in ids:
+        record = store.load_job(job_id)
+        if record is not None:
+            records.append(record)
+    if not show_all and limit is not None:
+        unfinished = [r for r in records if not r.status.is_terminal]
+        finished = [r for r in records if r.status.is_terminal][:limit]
+        records = unfinished + finished
+    return sorted(records, key=lambda r: r.id)
+
+
+def request_cancel(paths: Paths, job_id: int) -> JobRecord:
+    record = load_job(paths, job_id)
+    if not record.status.is_terminal:
+        Store(paths).add_intent("cancel", job_id)
+    return record
+
+
+def wait_for_jobs(
+    paths: Paths,
+    job_ids: list[int],
+    timeout: float | None,
+    on_done: Callable[[JobRecord], None] | None = None,
+) -> list[JobRecord]:
+    """Block until every job is terminal; raise on timeout. Reads records only."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = list(job_ids)
+    done: dict[int, JobRecord] = {}
+    watcher = RecordWatcher(paths)
+    while pending:
+        for job_id in list(pending):
+            if not watcher.changed(job_id) and job_id in done:
+                continue
+            record = load_job(paths, job_id)
+            if record.status.is_terminal:
+                done[job_id] = record
+                pending.remove(job_id)
+                if on_done is not None:
+                    on_done(record)
+        if not pending:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            waiting = ", ".join(str(j) for j in pending)
+            raise SkyMiniError(f"timed out after {timeout:g}s waiting for job(s) {waiting}")
+        time.sleep(FOLLOW_POLL_SECONDS)
+    return [done[j] for j in job_ids]
+
+
+class RecordWatcher:
+    """Cheap change detection on job records by (mtime_ns, size, inode)."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.seen: dict[int, tuple[int, int, int]] = {}
+
+    def changed(self, job_id: int) -> bool:
+        try:
+            st = os.stat(self.paths.job_record(job_id))
+        except FileNotFoundError:
+            return True
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self.seen.get(job_id) == key:
+            return False
+        self.seen[job_id] = key
+        return True
+
+
+def follow_job(
+    paths: Paths,
+    job_id: int,
+    out: IO[bytes],
+    *,
+    follow: bool = True,
+    tail: int | None = None,
+) -> JobRecord:
+    """Copy the job's log to ``out`` (from ``tail`` lines back), following until the job ends.
+
+    Reads the log file directly and learns the job's end from its record: no load on the
+    server, and it works while the server is down.
+    """
+    record = load_job(paths, job_id)
+    log_path = record.log_path
+    position = 0
+    if tail is not None:
+        for line in tail_lines(log_path, tail):
+            out.write(line)
+        out.flush()
+        with contextlib.suppress(FileNotFoundError):
+            position = os.path.getsize(log_path)
+    watcher = RecordWatcher(paths)
+    handle: IO[bytes] | None = None
+    try:
+        while True:
+            if handle is None:
+                with contextlib.suppress(FileNotFoundError):
+                    handle = open(log_path, "rb")  # noqa: SIM115 - closed in finally
+                    handle.seek(position)
+            copied = copy_available(handle, out) if handle is not None else 0
+            if copied:
+                continue
+            if not follow:
+                return record
+            if watcher.changed(job_id):
+                record = load_job(paths, job_id)
+                if record.status.is_terminal:
+                    if handle is not None:
+                        copy_available(handle, out)
+                    return record
+            time.sleep(FOLLOW_POLL_SECONDS)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def copy_available(handle: IO[bytes], out: IO[bytes]) -> int:
+    total = 0
+    while True:
+        chunk = handle.read(65536)
+        if not chunk:
+            break
+        out.write(chunk)
+        total += len(chunk)
+    if total:
+        out.flush()
+    return total
+
+
+def tail_lines(path: str, count: int) -> list[bytes]:
+    """The last ``count`` lines of a file, reading backwards in blocks (not the whole file)."""
+    if count <= 0:
+        return []
+    try:
+        handle = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return []
+    with handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        block = 8192
+        data = b""
+        position = end
+        while position > 0 and data.count(b"\n") <= count:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+        lines = data.splitlines(keepends=True)
+        return lines[-count:]
+
+
+def exit_code_of(record: JobRecord) -> int:
+    """The attached/logs/wait exit code of a finished job."""
+    if record.status is JobStatus.SUCCEEDED:
+        return 0
+    if record.exit_code is not None and record.exit_code != 0:
+        return record.exit_code
+    return 1
+
+
+def parse_job_id(raw: str) -> int:
+    text = raw.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"'{raw}' is not a job ID; job IDs are positive whole numbers like 42")
+    return int(text)
+
+
+def require_server(paths: Paths) -> dict[str, Any]:
+    status = read_status(paths)
+    if status is None:
+        raise NoServerError(
+            f"no sky-mini server is running for {paths.home}; start one with 'sky-mini api start'"
+        )
+    return status

@@ -1,0 +1,200 @@
+"""Settings from ``$SKY_MINI_HOME/config.yaml``, overridden by env vars, overridden by flags.
+
+Known keys (anything else is rejected with the file and key named)::
+
+    server:
+      idle_minutes: 10          # an auto-started server stops after this idle time; false = never
+      executors: null           # job executors; null = sized from the machine (see resources.py)
+      kill_grace_seconds: 10    # SIGTERM -> SIGKILL grace for cancel and shutdown
+    jobs:
+      retention_days: 30        # finished jobs older than this are pruned with their logs
+    limits:
+      memory: auto              # auto | cgroup | watchdog: how per-job memory limits are enforced
+    resources:
+      cpus: null                # override detection (env SKY_MINI_CPUS wins)
+      memory: null              # e.g. 2G (env SKY_MINI_MEMORY wins)
+    services:
+      controller:
+        idle_minutes: 10        # the services controller stops this long after the last service
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sky_mini.errors import UsageError
+from sky_mini.paths import Paths
+from sky_mini.units import parse_size
+
+DISABLE_ENV = "SKY_MINI_DISABLE"
+DISABLE_CHOICES = frozenset({"cgroup", "subreaper", "sweep", "pdeathsig", "pipe", "oom_score"})
+
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "server": {"idle_minutes": None, "executors": None, "kill_grace_seconds": None},
+    "jobs": {"retention_days": None},
+    "limits": {"memory": None},
+    "resources": {"cpus": None, "memory": None},
+    "services": {"controller": {"idle_minutes": None}},
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    idle_minutes: float | None = 10.0
+    executors: int | None = None
+    kill_grace_seconds: float = 10.0
+    retention_days: float = 30.0
+    memory_mechanism: str = "auto"
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    controller_idle_minutes: float | None = 10.0
+    disabled: frozenset[str] = frozenset()
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_settings(paths: Paths, env: dict[str, str] | None = None) -> Settings:
+    """Read config.yaml (if any) and the environment into :class:`Settings`."""
+    source = os.environ if env is None else env
+    raw = _read_config(paths.config)
+    where = paths.config
+    settings = Settings(
+        idle_minutes=_minutes(raw, ("server", "idle_minutes"), 10.0, where),
+        executors=_positive_int(raw, ("server", "executors"), where),
+        kill_grace_seconds=_number(raw, ("server", "kill_grace_seconds"), 10.0, where),
+        retention_days=_number(raw, ("jobs", "retention_days"), 30.0, where),
+        memory_mechanism=_choice(raw, ("limits", "memory"), ("auto", "cgroup", "watchdog"), where),
+        cpus=_optional_number(raw, ("resources", "cpus"), where),
+        memory_bytes=_optional_size(raw, ("resources", "memory"), where),
+        controller_idle_minutes=_minutes(
+            raw, ("services", "controller", "idle_minutes"), 10.0, where
+        ),
+        disabled=parse_disabled(source.get(DISABLE_ENV, "")),
+    )
+    grace = source.get("SKY_MINI_KILL_GRACE_SECONDS")
+    if grace:
+        try:
+            settings = replace(settings, kill_grace_seconds=max(0.0, float(grace)))
+        except ValueError:
+            raise UsageError(
+                f"SKY_MINI_KILL_GRACE_SECONDS={grace!r} is not a number of seconds; use e.g. 10"
+            ) from None
+    mechanism = source.get("SKY_MINI_MEMORY_MECHANISM")
+    if mechanism:
+        if mechanism not in ("auto", "cgroup", "watchdog"):
+            raise UsageError(
+                f"SKY_MINI_MEMORY_MECHANISM={mechanism!r}: use auto, cgroup or watchdog"
+            )
+        settings = replace(settings, memory_mechanism=mechanism)
+    return settings
+
+
+def parse_disabled(value: str) -> frozenset[str]:
+    """Parse the test-only ``SKY_MINI_DISABLE`` list (e.g. ``cgroup,subreaper,sweep``)."""
+    items = frozenset(part.strip() for part in value.split(",") if part.strip())
+    unknown = items - DISABLE_CHOICES
+    if unknown:
+        raise UsageError(
+            f"{DISABLE_ENV}: unknown item(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(DISABLE_CHOICES))}"
+        )
+    return items
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    if not os.path.lexists(path):
+        return {}
+    import yaml  # lazily: most CLI calls have no config file
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read the config file: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: the config file must be a mapping of sections")
+    _check_keys(data, _SCHEMA, path, "")
+    return data
+
+
+def _check_keys(data: dict[str, Any], schema: dict[str, Any], path: str, prefix: str) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            allowed = ", ".join(f"{prefix}{k}" for k in schema)
+            raise UsageError(f"{path}: unknown key '{dotted}'; allowed: {allowed}")
+        if isinstance(schema[key], dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise UsageError(f"{path}: key '{dotted}' must be a mapping")
+            _check_keys(value, schema[key], path, f"{dotted}.")
+
+
+def _lookup(raw: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    node: Any = raw
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _number(raw: dict[str, Any], keys: tuple[str, ...], default: float, where: str) -> float:
+    value = _optional_number(raw, keys, where)
+    return default if value is None else value
+
+
+def _optional_number(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> float | None:
+    value = _lookup(raw, keys)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be a non-negative number")
+    return float(value)
+
+
+def _minutes(
+    raw: dict[str, Any], keys: tuple[str, ...], default: float, where: str
+) -> float | None:
+    value = _lookup(raw, keys)
+    if value is False:
+        return None
+    if value is None:
+        return default
+    return _number(raw, keys, default, where)
+
+
+def _positive_int(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> int | None:
+    value = _lookup(raw, keys)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be a whole number ≥ 1")
+    return value
+
+
+def _choice(
+    raw: dict[str, Any], keys: tuple[str, ...], choices: tuple[str, ...], where: str
+) -> str:
+    value = _lookup(raw, keys)
+    if value is None:
+        return choices[0]
+    if value not in choices:
+        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be one of {', '.join(choices)}")
+    return str(value)
+
+
+def _optional_size(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> int | None:
+    value = _lookup(raw, keys)
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise UsageError(f"{where}: key '{'.'.join(keys)}': {exc}") from None

@@ -1,0 +1,171 @@
+"""Records and enums shared by the client and the server (a leaf module).
+
+A job record is one JSON file. The client creates it (status PENDING); from then on only the
+server writes it. ``SCHEMA_VERSION`` is stored in every file; :func:`job_from_json` reads every
+version this code has ever written and refuses newer ones.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    FAILED_SETUP = "FAILED_SETUP"
+    CANCELLED = "CANCELLED"
+    KILLED = "KILLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_failed(self) -> bool:
+        return self.is_terminal and self is not JobStatus.SUCCEEDED
+
+    @property
+    def is_active(self) -> bool:
+        """Holding (or about to hold) an executor and its reservation."""
+        return self in (JobStatus.STARTING, JobStatus.RUNNING)
+
+
+_TERMINAL = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.FAILED_SETUP,
+        JobStatus.CANCELLED,
+        JobStatus.KILLED,
+    }
+)
+
+
+class ReasonCode(enum.StrEnum):
+    """Why a job was KILLED (and a few machine-readable causes for other statuses)."""
+
+    OOM = "oom"
+    MEMORY_LIMIT = "memory_limit"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+    SUPERVISOR_LOST = "supervisor_lost"
+    CANCELLED = "cancelled"
+    EXIT_CODE = "exit_code"
+    SIGNAL = "signal"
+    SETUP_FAILED = "setup_failed"
+    CANNOT_START = "cannot_start"
+    NEVER_FITS = "never_fits"
+
+
+class FutureSchemaError(ValueError):
+    """A record written by a newer sky-mini than this one."""
+
+
+@dataclass
+class JobRecord:
+    id: int
+    task: dict[str, Any]
+    name: str
+    log_path: str
+    submitted_at: float
+    status: JobStatus = JobStatus.PENDING
+    reason: str | None = None
+    reason_code: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    pid: int | None = None
+    pid_create_time: float | None = None
+    pgid: int | None = None
+    peak_memory_bytes: int | None = None
+    executor: str | None = None
+    instance_id: str | None = None
+    cgroup_paths: list[str] = field(default_factory=list)
+    memory_mechanism: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the submitting client's environment
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    def public_json(self) -> dict[str, Any]:
+        """The ``--json`` view: the contract's fields first, internals left out."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status.value,
+            "reason": self.reason,
+            "reason_code": self.reason_code,
+            "exit_code": self.exit_code,
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": self.duration(),
+            "pid": self.pid,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "log_path": self.log_path,
+            "executor": self.executor,
+            "memory_mechanism": self.memory_mechanism,
+            "resources": self.task.get("resources", {}),
+        }
+
+    def duration(self, now: float | None = None) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else now
+        return None if end is None else max(0.0, end - self.started_at)
+
+    def finish(
+        self,
+        status: JobStatus,
+        *,
+        now: float,
+        reason: str | None,
+        reason_code: str | None,
+        exit_code: int | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.reason_code = reason_code
+        self.exit_code = exit_code
+        self.finished_at = now
+
+
+_JOB_FIELDS = {f.name for f in fields(JobRecord)}
+
+
+def job_from_json(data: dict[str, Any]) -> JobRecord:
+    """Build a record from any schema version this code knows; raise ValueError otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError("a job record must be a JSON object")
+    schema = data.get("schema", 1)
+    if not isinstance(schema, int) or schema < 1:
+        raise ValueError(f"bad schema version {schema!r}")
+    if schema > SCHEMA_VERSION:
+        raise FutureSchemaError(
+            f"schema version {schema} is newer than this sky-mini understands ({SCHEMA_VERSION})"
+        )
+    known = {k: v for k, v in data.items() if k in _JOB_FIELDS}
+    try:
+        known["status"] = JobStatus(known.get("status", "PENDING"))
+        record = JobRecord(**known)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a valid job record: {exc}") from exc
+    if not isinstance(record.id, int) or record.id < 1:
+        raise ValueError(f"bad job id {record.id!r}")
+    return record
+
+
+def exit_code_for(returncode: int) -> int:
+    """Shell convention: a death by signal N is exit code 128+N."""
+    return 128 - returncode if returncode < 0 else returncode

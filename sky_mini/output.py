@@ -1,0 +1,116 @@
+"""Rendering of command results as tables or JSON (commands return data; this prints it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sky_mini.models import JobRecord
+from sky_mini.units import format_duration, format_size
+
+REASON_WIDTH = 60
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def clock_time(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "-"
+    local = time.localtime(timestamp)
+    if now - timestamp < 20 * 3600:
+        return time.strftime("%H:%M:%S", local)
+    return time.strftime("%Y-%m-%d %H:%M", local)
+
+
+def shorten(text: str | None, width: int = REASON_WIDTH) -> str:
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    rows = [
+        (
+            r.id,
+            shorten(r.name, 24),
+            r.status.value,
+            clock_time(r.submitted_at, now),
+            clock_time(r.started_at, now),
+            format_duration(r.duration(now)),
+            r.exit_code,
+            format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
+            shorten(r.reason),
+        )
+        for r in records
+    ]
+    headers = (
+        "ID",
+        "NAME",
+        "STATUS",
+        "SUBMITTED",
+        "STARTED",
+        "DURATION",
+        "EXIT",
+        "PEAK_MEM",
+        "REASON",
+    )
+    if not rows:
+        return "No jobs. Submit one with: sky-mini jobs launch -- echo hello"
+    return table(headers, rows)
+
+
+def status_text(report: dict[str, Any]) -> str:
+    """Human view of ``api status``."""
+    res = report.get("resources", {})
+    pool = report.get("pool", {})
+    lines = [
+        f"server      pid {report['pid']}, up {format_duration(report.get('uptime_seconds'))}, "
+        f"version {report.get('version')}, health {report['health']}",
+        f"home        {report.get('home')}",
+        f"cpus        {res.get('cpus')} from {res.get('cpus_source')} ({res.get('cpus_detail')})",
+        f"memory      {format_size(res.get('memory_bytes'))} from {res.get('memory_source')} "
+        f"({res.get('memory_detail')})",
+        f"executors   {pool.get('explanation')}",
+        f"memory cap  per-job limits via {report.get('memory_mechanism')}",
+        f"queue       {report.get('queue', {}).get('pending', 0)} pending, "
+        f"{report.get('queue', {}).get('running', 0)} running",
+    ]
+    if report.get("autostop_in_seconds") is not None:
+        lines.append(f"autostop    in {format_duration(report['autostop_in_seconds'])} if idle")
+    for warning in report.get("warnings") or []:
+        lines.append(f"warning     {warning}")
+    lines.append("")
+    rows = [
+        (
+            c["name"],
+            c["kind"],
+            c.get("pid"),
+            c["state"],
+            c.get("job_id"),
+            format_size(c.get("rss_bytes")) if c.get("rss_bytes") else "-",
+            format_duration(c.get("uptime_seconds")),
+            c.get("restarts", 0),
+        )
+        for c in report.get("components", [])
+    ]
+    lines.append(
+        table(("COMPONENT", "KIND", "PID", "STATE", "JOB", "RSS", "UPTIME", "RESTARTS"), rows)
+    )
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Where sky-mini keeps everything under ``$SKY_MINI_HOME`` (default ``~/.sky-mini``).
+
+A leaf module. Layout (who writes what is in docs/ARCHITECTURE.md)::
+
+    config.yaml            optional user config
+    server.log             the server's log
+    server/lock            flock held by the running server for its whole life
+    server/start.lock      taken by a CLI that auto-starts a server
+    server/status.json     the server's snapshot for `api status`
+    server/wake            FIFO: a byte written here wakes the server's tick loop
+    jobs/next_id           the next job ID (guarded by jobs/id.lock)
+    jobs/<id>.json         one record per job
+    jobs/active.json       the server's list of unfinished job IDs
+    intents/               requests from clients (cancel-<id>) the server consumes
+    logs/<id>.log          each job's stdout and stderr
+    services/              service records and replica logs
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+HOME_ENV = "SKY_MINI_HOME"
+DEFAULT_HOME = "~/.sky-mini"
+HOME_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every path sky-mini uses, derived from one home directory."""
+
+    home: str
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.home, "config.yaml")
+
+    @property
+    def server_log(self) -> str:
+        return os.path.join(self.home, "server.log")
+
+    @property
+    def server_dir(self) -> str:
+        return os.path.join(self.home, "server")
+
+    @property
+    def server_lock(self) -> str:
+        return os.path.join(self.server_dir, "lock")
+
+    @property
+    def start_lock(self) -> str:
+        return os.path.join(self.server_dir, "start.lock")
+
+    @property
+    def server_status(self) -> str:
+        return os.path.join(self.server_dir, "status.json")
+
+    @property
+    def wake_fifo(self) -> str:
+        return os.path.join(self.server_dir, "wake")
+
+    @property
+    def jobs_dir(self) -> str:
+        return os.path.join(self.home, "jobs")
+
+    @property
+    def next_id(self) -> str:
+        return os.path.join(self.jobs_dir, "next_id")
+
+    @property
+    def id_lock(self) -> str:
+        return os.path.join(self.jobs_dir, "id.lock")
+
+    @property
+    def active_index(self) -> str:
+        return os.path.join(self.jobs_dir, "active.json")
+
+    @property
+    def intents_dir(self) -> str:
+        return os.path.join(self.home, "intents")
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.home, "logs")
+
+    @property
+    def services_dir(self) -> str:
+        return os.path.join(self.home, "services")
+
+    def job_record(self, job_id: int) -> str:
+        return os.path.join(self.jobs_dir, f"{job_id}.json")
+
+    def job_log(self, job_id: int) -> str:
+        return os.path.join(self.logs_dir, f"{job_id}.log")
+
+    def all_dirs(self) -> tuple[str, ...]:
+        return (
+            self.home,
+            self.server_dir,
+            self.jobs_dir,
+            self.intents_dir,
+            self.logs_dir,
+            self.services_dir,
+        )
+
+
+def home_dir(env: dict[str, str] | None = None) -> str:
+    """The home directory from ``$SKY_MINI_HOME`` (absolute), or ``~/.sky-mini``."""
+    source = os.environ if env is None else env
+    raw = source.get(HOME_ENV) or DEFAULT_HOME
+    return os.path.abspath(os.path.expanduser(raw))
+
+
+def get_paths() -> Paths:
+    return Paths(home_dir())
+
+
+def check_home_trust(home: str) -> str | None:
+    """Why ``home`` must not be used (world-writable, or owned by someone else), or None."""
+    try:
+        st = os.lstat(home)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return f"{home} is a symbolic link; point {HOME_ENV} at the real directory"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{home} exists but is not a directory; remove it or set {HOME_ENV} elsewhere"
+    if st.st_uid != os.getuid():
+        return (
+            f"{home} is owned by uid {st.st_uid}, not you (uid {os.getuid()}); "
+            f"use your own directory via {HOME_ENV}"
+        )
+    if st.st_mode & stat.S_IWOTH:
+        return f"{home} is world-writable; run 'chmod 700 {home}'"
+    return None
+
+
+def ensure_dirs(paths: Paths) -> None:
+    """Create the home and its subdirectories with mode 0700.
+
+    Raises PermissionError/OSError from the filesystem; callers turn them into user errors.
+    """
+    for path in paths.all_dirs():
+        try:
+            os.mkdir(path, HOME_MODE)
+        except FileExistsError:
+            pass

@@ -1,0 +1,218 @@
+"""Process primitives: prctl, signal hygiene, process-group stops, identity and sweeps.
+
+Platform notes (measured, see PLATFORM.md):
+- ``PR_SET_PDEATHSIG`` fires when the parent *thread* exits and is not inherited by
+  grandchildren; there is a race between ``fork`` and ``prctl``, closed by re-checking
+  ``getppid()`` against the PID recorded before the fork.
+- ``PR_SET_CHILD_SUBREAPER`` makes orphaned descendants reparent to us so we can reap and
+  kill them.
+- PIDs get reused: never signal a PID read from a file without comparing its create time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+from collections.abc import Iterable
+
+log = logging.getLogger("sky_mini.procs")
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+MARKER_ENV = "SKY_MINI_MARKER"
+CREATE_TIME_TOLERANCE = 0.05
+
+_libc: ctypes.CDLL | None = None
+
+
+def _prctl(option: int, arg: int) -> bool:
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return int(_libc.prctl(option, arg, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def set_parent_death_signal(sig: int, expected_parent: int) -> bool:
+    """Ask the kernel to send ``sig`` when our parent thread dies; exit if it already has.
+
+    Returns False where prctl is unavailable (the caller warns and relies on the pipe).
+    """
+    ok = _prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != expected_parent:
+        # The parent died between fork and prctl: nobody would ever signal us.
+        os._exit(1)
+    return ok
+
+
+def set_child_subreaper() -> bool:
+    """Become the reaper of orphaned descendants. False where unsupported."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def reset_signals_for_exec() -> None:
+    """Give an exec'd child default dispositions and an empty mask (tini does the same)."""
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGCHLD,
+        signal.SIGPIPE,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGXFSZ,
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    with contextlib.suppress(OSError, ValueError):
+        signal.set_wakeup_fd(-1)
+
+
+def set_oom_score_adj(value: int, pid: int | str = "self") -> bool:
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as handle:
+            handle.write(str(value))
+        return True
+    except OSError:
+        return False
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False if it no longer exists. Tolerates EPERM."""
+    if pgid <= 1:
+        return False  # never signal group 0 (our own) or 1
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.warning("not allowed to signal process group %d", pgid)
+        return False
+
+
+def signal_pid(pid: int, sig: int) -> bool:
+    if pid <= 1:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def group_exists(pgid: int) -> bool:
+    if pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def process_create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
+def is_same_process(pid: int | None, create_time: float | None) -> bool:
+    """True when ``pid`` is alive and is the process recorded with ``create_time``."""
+    if not pid or pid <= 1 or create_time is None:
+        return False
+    actual = process_create_time(pid)
+    return actual is not None and abs(actual - create_time) < CREATE_TIME_TOLERANCE
+
+
+def marker_for(instance_id: str, owner: str) -> str:
+    return f"{instance_id}:{owner}"
+
+
+def find_marked_processes(prefixes: Iterable[str]) -> list[int]:
+    """PIDs whose environment carries a ``SKY_MINI_MARKER`` starting with one of ``prefixes``.
+
+    Reads ``/proc/<pid>/environ`` directly (psutil would build a dict per process).
+    """
+    wanted = tuple(f"{MARKER_ENV}={p}".encode() for p in prefixes)
+    if not wanted:
+        return []
+    me = os.getpid()
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (me, 1):
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(wanted):
+                found.append(int(entry))
+                break
+    return found
+
+
+def sweep_marked(prefixes: Iterable[str]) -> list[int]:
+    """SIGKILL every process carrying one of the markers; return their PIDs.
+
+    Safe against PID reuse: the marker is read from the process itself just before killing,
+    and a process that changed is not one of ours.
+    """
+    killed: list[int] = []
+    for pid in find_marked_processes(prefixes):
+        if signal_pid(pid, signal.SIGKILL):
+            killed.append(pid)
+    return killed
+
+
+def reap_any() -> list[tuple[int, int]]:
+    """Reap every exited child without blocking: [(pid, raw wait status)]."""
+    reaped: list[tuple[int, int]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status))
+
+
+def returncode_from_status(status: int) -> int:
+    """``subprocess``-style returncode: negative signal number for a death by signal."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return -1
+
+
+def close_fds_except(keep: Iterable[int]) -> None:
+    """Close every descriptor but ``keep`` (a forked child must not hold the server's fds)."""
+    keep_sorted = sorted(set(keep))
+    low = 0
+    for fd in keep_sorted:
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)

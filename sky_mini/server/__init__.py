@@ -1,0 +1,1 @@
+"""The server side: the supervisor process, its executors and the services controller."""

@@ -1,0 +1,487 @@
+"""The job executor: a named process forked by the server that runs one job at a time.
+
+Lifecycle of an executor (``sky-mini: executor job-N``):
+1. forked from the server's main thread; sets ``PR_SET_PDEATHSIG(SIGTERM)`` and re-checks
+   ``getppid()``, becomes a child subreaper (so a job's orphans reparent here), closes every
+   descriptor it did not need;
+2. waits for ``run`` commands on its command pipe. A job runs as its own session and process
+   group, in a per-job cgroup when the host has one, with stdout+stderr in its log file;
+3. reports ``started`` and ``finished`` events on its event pipe;
+4. when the command pipe reaches EOF or SIGTERM arrives (the server is gone), SIGKILLs the
+   job's cgroup, process group and every remaining descendant, and exits.
+
+Memory limits are enforced by the job's cgroup, or else by a watchdog that samples the RSS
+of the job's whole tree every ``WATCHDOG_INTERVAL_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from sky_mini import procs
+from sky_mini.models import JobStatus, ReasonCode, exit_code_for
+from sky_mini.server.channel import LineReader, send_message
+from sky_mini.units import format_size
+
+WATCHDOG_INTERVAL_SECONDS = 0.05
+PEAK_SAMPLE_INTERVAL_SECONDS = 0.5
+JOB_OOM_SCORE_ADJ = 500
+IDLE_WAKE_SECONDS = 5.0
+SHELL = shutil.which("bash") or "/bin/sh"
+
+
+@dataclass
+class ExecutorConfig:
+    """What an executor needs from the server; inherited across fork, never serialized."""
+
+    name: str
+    server_pid: int
+    cgroup_caps: Any  # sky_mini.cgroups.CgroupCapabilities
+    cgroup_base: str
+    memory_mechanism: str  # "cgroup" | "watchdog"
+    disabled: frozenset[str] = frozenset()
+
+
+@dataclass
+class RunningJob:
+    job_id: int
+    task: dict[str, Any]
+    log_path: str
+    marker: str
+    env: dict[str, str]
+    limit_bytes: int | None
+    timeout_at: float | None
+    phase: str = "setup"
+    pid: int = 0
+    cgroup: Any = None  # sky_mini.cgroups.JobCgroup | None
+    status: int | None = None  # raw wait status of the current phase's process
+    stop_reason: str | None = None  # cancel | shutdown | timeout | memory_limit | lost
+    kill_at: float | None = None
+    peak_bytes: int = 0
+    next_sample: float = 0.0
+    vmstat_oom_start: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_vmstat_oom_kills() -> int | None:
+    try:
+        with open("/proc/vmstat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class Executor:
+    def __init__(self, config: ExecutorConfig, cmd_fd: int, evt_fd: int) -> None:
+        self.config = config
+        self.commands = LineReader(cmd_fd)
+        self.evt_fd = evt_fd
+        self.job: RunningJob | None = None
+        self.exiting = False
+        self.term_received = False
+        self.sig_r, self.sig_w = os.pipe()
+        os.set_blocking(self.sig_r, False)
+        os.set_blocking(self.sig_w, False)
+
+    # -- setup -----------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self.sig_w)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
+        # Ctrl-C in the foreground server's terminal reaches every process of its group;
+        # the server decides how to shut down, not each executor.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _on_term(self, _signum: int, _frame: object) -> None:
+        self.term_received = True
+
+    # -- main loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        selector = selectors.DefaultSelector()
+        selector.register(self.commands.fd, selectors.EVENT_READ)
+        selector.register(self.sig_r, selectors.EVENT_READ)
+        while True:
+            selector.select(self.next_timeout())
+            with contextlib.suppress(OSError):
+                while os.read(self.sig_r, 4096):
+                    pass
+            if self.term_received:
+                self.handle_server_gone("SIGTERM (server gone)")
+                return 0
+            for message in self.commands.read_messages():
+                self.handle_command(message)
+            if self.commands.eof:
+                self.handle_server_gone("command pipe closed (server gone)")
+                return 0
+            self.reap_children()
+            self.enforce_limits(time.monotonic())
+            self.advance_job()
+            if self.exiting and self.job is None:
+                return 0
+
+    def next_timeout(self) -> float:
+        job = self.job
+        if job is None:
+            return IDLE_WAKE_SECONDS
+        now = time.monotonic()
+        candidates = [PEAK_SAMPLE_INTERVAL_SECONDS]
+        if job.limit_bytes is not None and self.config.memory_mechanism == "watchdog":
+            candidates.append(WATCHDOG_INTERVAL_SECONDS)
+        for moment in (job.timeout_at, job.kill_at):
+            if moment is not None:
+                candidates.append(max(0.0, moment - now))
+        return max(0.0, min(candidates))
+
+    # -- commands from the server ----------------------------------------------------
+
+    def handle_command(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "run" and self.job is None:
+            self.start_job(message["job"])
+        elif op == "stop" and self.job is not None and message.get("job_id") == self.job.job_id:
+            self.stop_job(str(message.get("reason", "cancel")), float(message.get("grace", 10)))
+        elif op == "exit":
+            self.exiting = True
+            if self.job is not None:
+                self.stop_job("shutdown", float(message.get("grace", 10)))
+
+    def start_job(self, spec: dict[str, Any]) -> None:
+        task = spec["task"]
+        resources = task.get("resources") or {}
+        timeout = resources.get("timeout_seconds")
+        env = dict(spec["env"])
+        env[procs.MARKER_ENV] = spec["marker"]
+        self.job = RunningJob(
+            job_id=int(spec["id"]),
+            task=task,
+            log_path=spec["log_path"],
+            marker=spec["marker"],
+            env=env,
+            limit_bytes=resources.get("memory_bytes"),
+            timeout_at=time.monotonic() + float(timeout) if timeout else None,
+            vmstat_oom_start=read_vmstat_oom_kills(),
+        )
+        self.job.cgroup = self.create_cgroup(self.job)
+        self.job.phase = "setup" if task.get("setup") else "run"
+        self.spawn_phase(self.job)
+
+    def create_cgroup(self, job: RunningJob) -> Any:
+        caps = self.config.cgroup_caps
+        if caps is None or "cgroup" in self.config.disabled:
+            return None
+        from sky_mini.cgroups import JobCgroup
+
+        limit = job.limit_bytes if self.config.memory_mechanism == "cgroup" else None
+        try:
+            return JobCgroup.create(caps, self.config.cgroup_base, f"job-{job.job_id}", limit)
+        except OSError as exc:
+            self.log(job, f"sky-mini: warning: could not create a cgroup for this job: {exc}")
+            return None
+
+    def spawn_phase(self, job: RunningJob) -> None:
+        command = job.task.get("setup") if job.phase == "setup" else job.task["run"]
+        workdir = job.task.get("workdir") or os.getcwd()
+        procs_files = job.cgroup.procs_files() if job.cgroup is not None else ()
+        pid = os.fork()
+        if pid == 0:  # the job process
+            self.exec_job(job, str(command), workdir, procs_files)
+        job.pid = pid
+        job.status = None
+        send_message(
+            self.evt_fd,
+            {
+                "event": "started",
+                "job_id": job.job_id,
+                "phase": job.phase,
+                "pid": pid,
+                "pgid": pid,
+                "create_time": procs.process_create_time(pid),
+                "cgroup_paths": list(job.cgroup.paths) if job.cgroup is not None else [],
+                "memory_mechanism": self.memory_mechanism_for(job),
+            },
+        )
+
+    def memory_mechanism_for(self, job: RunningJob) -> str | None:
+        if job.limit_bytes is None:
+            return None
+        if self.config.memory_mechanism == "cgroup" and job.cgroup is not None:
+            return "cgroup"
+        return "watchdog"
+
+    def exec_job(
+        self, job: RunningJob, command: str, workdir: str, procs_files: tuple[str, ...]
+    ) -> NoReturn:
+        """In the forked child: become the job and exec its shell. Never returns."""
+        try:
+            os.setsid()
+            if procs_files:
+                from sky_mini.cgroups import join_cgroup_files
+
+                join_cgroup_files(procs_files)
+            if "oom_score" not in self.config.disabled:
+                procs.set_oom_score_adj(JOB_OOM_SCORE_ADJ)
+            procs.set_parent_death_signal(signal.SIGKILL, os.getppid())
+            procs.reset_signals_for_exec()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            log_fd = os.open(job.log_path, flags, 0o600)
+            null_fd = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null_fd, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            procs.close_fds_except((0, 1, 2))
+            try:
+                os.chdir(workdir)
+            except OSError as exc:
+                os.write(2, f"sky-mini: cannot enter workdir {workdir}: {exc}\n".encode())
+                os._exit(127)
+            os.execve(SHELL, [SHELL, "-c", command], job.env)
+        except BaseException as exc:  # noqa: BLE001 - the child must never return into Python
+            with contextlib.suppress(BaseException):
+                os.write(2, f"sky-mini: cannot start the job: {exc}\n".encode())
+        os._exit(127)
+
+    def stop_job(self, reason: str, grace: float) -> None:
+        """TERM the job's group now, KILL everything left after ``grace`` seconds."""
+        job = self.job
+        if job is None or job.stop_reason is not None:
+            return
+        job.stop_reason = reason
+        self.signal_job(job, signal.SIGTERM)
+        job.kill_at = time.monotonic() + max(0.0, grace)
+
+    # -- watching the job -------------------------------------------------------------
+
+    def reap_children(self) -> None:
+        for pid, status in procs.reap_any():
+            if self.job is not None and pid == self.job.pid:
+                self.job.status = status
+
+    def enforce_limits(self, now: float) -> None:
+        job = self.job
+        if job is None or job.status is not None:
+            return
+        if job.kill_at is not None and now >= job.kill_at:
+            self.kill_job_tree(job)
+            job.kill_at = None
+        if job.timeout_at is not None and now >= job.timeout_at and job.stop_reason is None:
+            self.stop_job("timeout", 0.0 if job.phase == "setup" else 2.0)
+            job.extra["timeout_seconds"] = job.task["resources"].get("timeout_seconds")
+        if now >= job.next_sample or (
+            job.limit_bytes is not None and self.config.memory_mechanism == "watchdog"
+        ):
+            self.sample_memory(job, now)
+
+    def sample_memory(self, job: RunningJob, now: float) -> None:
+        job.next_sample = now + PEAK_SAMPLE_INTERVAL_SECONDS
+        total = self.tree_rss()
+        job.peak_bytes = max(job.peak_bytes, total)
+        watchdog = self.memory_mechanism_for(job) == "watchdog"
+        over = job.limit_bytes is not None and total > job.limit_bytes
+        if watchdog and over and job.stop_reason is None:
+            job.stop_reason = "memory_limit"
+            self.kill_job_tree(job)
+
+    def tree_rss(self) -> int:
+        import psutil
+
+        total = 0
+        try:
+            children = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return 0
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
+
+    def signal_job(self, job: RunningJob, sig: int) -> None:
+        if job.pid:
+            procs.signal_group(job.pid, sig)
+        if job.cgroup is not None:
+            for pid in job.cgroup.pids():
+                procs.signal_pid(pid, sig)
+
+    def kill_job_tree(self, job: RunningJob | None) -> None:
+        """SIGKILL the job's cgroup, its process group and every descendant we still have."""
+        if job is not None:
+            if job.cgroup is not None:
+                job.cgroup.kill()
+            if job.pid:
+                procs.signal_group(job.pid, signal.SIGKILL)
+        if "subreaper" not in self.config.disabled:
+            self.kill_all_descendants()
+
+    def kill_all_descendants(self) -> None:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+
+    def advance_job(self) -> None:
+        job = self.job
+        if job is None or job.status is None:
+            return
+        returncode = procs.returncode_from_status(job.status)
+        if job.phase == "setup" and returncode == 0 and job.stop_reason is None:
+            job.phase = "run"
+            self.spawn_phase(job)
+            return
+        # The main process is gone: nothing of the job may outlive it.
+        self.kill_job_tree(job)
+        self.reap_children()
+        result = self.classify(job, returncode)
+        if job.cgroup is not None:
+            job.cgroup.remove()
+        send_message(self.evt_fd, {"event": "finished", "job_id": job.job_id, **result})
+        self.job = None
+
+    def classify(self, job: RunningJob, returncode: int) -> dict[str, Any]:
+        """Turn how the job ended into a status, reason and reason code."""
+        peak = job.peak_bytes
+        oom_kills: int | None = None
+        if job.cgroup is not None:
+            peak = max(peak, job.cgroup.peak_memory_bytes() or 0)
+            oom_kills = job.cgroup.oom_kills_since_start()
+        vmstat_end = read_vmstat_oom_kills()
+        vmstat_delta = (
+            vmstat_end - job.vmstat_oom_start
+            if vmstat_end is not None and job.vmstat_oom_start is not None
+            else None
+        )
+        exit_code = exit_code_for(returncode)
+        result: dict[str, Any] = {"exit_code": exit_code, "peak_memory_bytes": peak or None}
+        killed_by = -returncode if returncode < 0 else None
+        limit = job.limit_bytes
+        phase = "setup" if job.phase == "setup" else "job"
+
+        def done(status: JobStatus, code: ReasonCode | None, reason: str | None) -> dict[str, Any]:
+            result.update(
+                status=status.value, reason_code=code.value if code else None, reason=reason
+            )
+            return result
+
+        if job.stop_reason == "memory_limit" or (limit is not None and oom_kills):
+            used = format_size(max(peak, limit or 0))
+            return done(
+                JobStatus.KILLED,
+                ReasonCode.MEMORY_LIMIT,
+                f"out of memory: used {used}, limit {format_size(limit)} "
+                f"({self.memory_mechanism_for(job)}) — raise resources.memory",
+            )
+        if oom_kills:
+            return done(
+                JobStatus.KILLED,
+                ReasonCode.OOM,
+                f"out of memory: killed by the kernel's OOM killer (job cgroup oom_kill "
+                f"+{oom_kills}, peak {format_size(peak)}); the machine or container ran out of "
+                "memory — give it more memory or set resources.memory on big jobs",
+            )
+        if job.stop_reason == "timeout":
+            return done(
+                JobStatus.KILLED,
+                ReasonCode.TIMEOUT,
+                f"timed out after {job.extra.get('timeout_seconds')}s "
+                "(resources.timeout) — raise it or make the job faster",
+            )
+        if job.stop_reason == "cancel":
+            return done(JobStatus.CANCELLED, ReasonCode.CANCELLED, "cancelled by user")
+        if job.stop_reason == "shutdown":
+            return done(
+                JobStatus.KILLED,
+                ReasonCode.SHUTDOWN,
+                "the server shut down while the job ran; submit it again",
+            )
+        if killed_by == signal.SIGKILL and vmstat_delta:
+            return done(
+                JobStatus.KILLED,
+                ReasonCode.OOM,
+                f"out of memory: killed by SIGKILL while the kernel's OOM killer fired "
+                f"(/proc/vmstat oom_kill +{vmstat_delta}); give the machine more memory",
+            )
+        if killed_by == signal.SIGKILL:
+            return done(
+                JobStatus.KILLED,
+                ReasonCode.OOM,
+                "killed by SIGKILL, which sky-mini did not send: most likely the kernel's OOM "
+                "killer (check 'dmesg'); set resources.memory to get a clear limit",
+            )
+        if returncode == 0:
+            return done(JobStatus.SUCCEEDED, None, None)
+        status = JobStatus.FAILED_SETUP if phase == "setup" else JobStatus.FAILED
+        if killed_by is not None:
+            name = signal.Signals(killed_by).name if killed_by in signal.valid_signals() else ""
+            return done(
+                status,
+                ReasonCode.SIGNAL,
+                f"{phase} killed by signal {killed_by} {name}".rstrip()
+                + f"; see its log: sky-mini jobs logs {job.job_id}",
+            )
+        code = ReasonCode.SETUP_FAILED if phase == "setup" else ReasonCode.EXIT_CODE
+        return done(
+            status,
+            code,
+            f"{phase} exited with code {exit_code}; see its log: sky-mini jobs logs {job.job_id}",
+        )
+
+    # -- the server is gone -------------------------------------------------------------
+
+    def handle_server_gone(self, why: str) -> None:
+        job = self.job
+        if job is not None:
+            self.log(job, f"sky-mini: {why}; killing this job")
+        self.kill_job_tree(job)
+        self.reap_children()
+        if job is not None and job.cgroup is not None:
+            job.cgroup.remove()
+
+    def log(self, job: RunningJob, line: str) -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(job.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW)
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
+
+
+def executor_main(config: ExecutorConfig, cmd_fd: int, evt_fd: int) -> NoReturn:
+    """Entry point in the freshly forked child. Never returns into the server's code."""
+    code = 1
+    try:
+        pdeathsig = "pdeathsig" not in config.disabled
+        if pdeathsig:
+            procs.set_parent_death_signal(signal.SIGTERM, config.server_pid)
+        elif os.getppid() != config.server_pid:
+            os._exit(1)
+        if "subreaper" not in config.disabled:
+            procs.set_child_subreaper()
+        procs.close_fds_except((0, 1, 2, cmd_fd, evt_fd))
+        with contextlib.suppress(Exception):
+            import setproctitle
+
+            setproctitle.setproctitle(f"sky-mini: executor {config.name}")
+        executor = Executor(config, cmd_fd, evt_fd)
+        executor.install_signal_handlers()
+        code = executor.run()
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
