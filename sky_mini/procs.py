@@ -198,6 +198,19 @@ def reap_any() -> list[tuple[int, int]]:
         reaped.append((pid, status))
 
 
+def reap_pids(pids: Iterable[int]) -> list[tuple[int, int]]:
+    """Reap only the given children (leaves every other zombie alone)."""
+    reaped: list[tuple[int, int]] = []
+    for pid in pids:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if done:
+            reaped.append((done, status))
+    return reaped
+
+
 def returncode_from_status(status: int) -> int:
     """``subprocess``-style returncode: negative signal number for a death by signal."""
     if os.WIFSIGNALED(status):

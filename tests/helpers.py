@@ -42,6 +42,16 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def same_process(pid: int, create_time: float | None) -> bool:
+    import psutil
+
+    try:
+        actual = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return False
+    return create_time is not None and abs(actual - create_time) < 0.05
+
+
 def marked_pids(home_key_prefix: str) -> list[int]:
     """PIDs carrying a SKY_MINI_MARKER for this home (only processes our tests started)."""
     wanted = f"SKY_MINI_MARKER={home_key_prefix}".encode()
@@ -117,7 +127,7 @@ class SkyMini:
         )
 
     def serve_foreground(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(os.path.join(self.home, "..", f"fg-{len(self.servers)}.log"), "ab")  # noqa: SIM115
+        log = open(os.path.join(os.path.dirname(self.home), f"fg-{len(self.servers)}.log"), "ab")  # noqa: SIM115
         proc = self.popen("serve", "--foreground", *args, stdout=log, stderr=log)
         self.servers.append(proc)
         wait_for(lambda: self.status_ok(proc.pid), message="server healthy")
@@ -141,10 +151,14 @@ class SkyMini:
         )
 
     def server_pid(self) -> int | None:
+        """The running server's PID, only if it is really the process the status names."""
         status = self.status()
-        if status and status.get("state") == "running" and pid_alive(int(status["pid"])):
-            return int(status["pid"])
-        return None
+        if not status or status.get("state") != "running":
+            return None
+        pid = int(status["pid"])
+        if pid <= 1 or not same_process(pid, status.get("create_time")):
+            return None  # e.g. a PID from inside a PID namespace: not ours to signal
+        return pid
 
     def job(self, job_id: int) -> dict[str, Any]:
         with open(os.path.join(self.home, "jobs", f"{job_id}.json")) as handle:

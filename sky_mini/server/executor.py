@@ -139,7 +139,7 @@ class Executor:
             return IDLE_WAKE_SECONDS
         now = time.monotonic()
         candidates = [PEAK_SAMPLE_INTERVAL_SECONDS]
-        if job.limit_bytes is not None and self.config.memory_mechanism == "watchdog":
+        if self.memory_mechanism_for(job) == "watchdog":
             candidates.append(WATCHDOG_INTERVAL_SECONDS)
         for moment in (job.timeout_at, job.kill_at):
             if moment is not None:
@@ -216,9 +216,15 @@ class Executor:
         )
 
     def memory_mechanism_for(self, job: RunningJob) -> str | None:
+        """How this job's memory limit is enforced: the kernel (cgroup) or our watchdog."""
         if job.limit_bytes is None:
             return None
-        if self.config.memory_mechanism == "cgroup" and job.cgroup is not None:
+        cgroup = job.cgroup
+        if (
+            self.config.memory_mechanism == "cgroup"
+            and cgroup is not None
+            and cgroup.memory_limited
+        ):
             return "cgroup"
         return "watchdog"
 
@@ -280,9 +286,7 @@ class Executor:
         if job.timeout_at is not None and now >= job.timeout_at and job.stop_reason is None:
             self.stop_job("timeout", 0.0 if job.phase == "setup" else 2.0)
             job.extra["timeout_seconds"] = job.task["resources"].get("timeout_seconds")
-        if now >= job.next_sample or (
-            job.limit_bytes is not None and self.config.memory_mechanism == "watchdog"
-        ):
+        if now >= job.next_sample or self.memory_mechanism_for(job) == "watchdog":
             self.sample_memory(job, now)
 
     def sample_memory(self, job: RunningJob, now: float) -> None:
@@ -376,7 +380,10 @@ class Executor:
             )
             return result
 
-        if job.stop_reason == "memory_limit" or (limit is not None and oom_kills):
+        from sky_mini.cgroups import classify_memory_death
+
+        memory_death = classify_memory_death(limit, peak or None, oom_kills, killed_by)
+        if job.stop_reason == "memory_limit" or memory_death == "memory_limit":
             used = format_size(max(peak, limit or 0))
             return done(
                 JobStatus.KILLED,
@@ -384,7 +391,7 @@ class Executor:
                 f"out of memory: used {used}, limit {format_size(limit)} "
                 f"({self.memory_mechanism_for(job)}) — raise resources.memory",
             )
-        if oom_kills:
+        if memory_death == "oom":
             return done(
                 JobStatus.KILLED,
                 ReasonCode.OOM,

@@ -399,12 +399,27 @@ class Server:
                 log.info("received SIGHUP: ignored (use 'sky-mini api stop' to stop)")
 
     def reap_children(self) -> None:
-        for pid, status in procs.reap_any():
+        """Reap every exited child: executors, the controller, and adopted orphans.
+
+        As PID 1 or a subreaper, orphaned descendants become our children; reaping them all
+        (``waitpid(-1)``) is what keeps a container free of zombies.
+        """
+        if "reap" in self.settings.disabled:  # test-only negative control
+            reaped = procs.reap_pids(self.own_child_pids())
+        else:
+            reaped = procs.reap_any()
+        for pid, status in reaped:
             if self.backend is not None:
                 for event in self.backend.child_exited(pid, status):
                     self.apply_event(event, self.clock())
             if self.services is not None:
                 self.services.child_exited(pid, status)
+
+    def own_child_pids(self) -> list[int]:
+        pids = [c["pid"] for c in self.backend_components() if c.get("pid")]
+        if self.services is not None:
+            pids += [c["pid"] for c in self.services.components() if c.get("pid")]
+        return pids
 
     def handle_backend_events(self, now: float) -> None:
         if self.backend is None:

@@ -21,8 +21,20 @@ def test_attached_launch_streams_output_and_exits_with_job_code(sky: SkyMini) ->
     assert record["status"] == "FAILED"
     assert record["exit_code"] == 3
     assert "exited with code 3" in record["reason"]
-    for key in ("id", "name", "status", "reason", "reason_code", "exit_code", "submitted_at",
-                "started_at", "finished_at", "pid", "peak_memory_bytes", "log_path"):
+    for key in (
+        "id",
+        "name",
+        "status",
+        "reason",
+        "reason_code",
+        "exit_code",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "pid",
+        "peak_memory_bytes",
+        "log_path",
+    ):
         assert key in record
 
 
@@ -53,9 +65,7 @@ def test_cancel_pending_job_never_starts(sky: SkyMini) -> None:
     blocker = int(sky.run("jobs", "launch", "--async", "--", "sleep", "1000", check=True).out)
     sky.wait_job(blocker, ("RUNNING",))
     marker = os.path.join(sky.home, "..", "pending-ran")
-    pending = int(
-        sky.run("jobs", "launch", "--async", "--", "touch", marker, check=True).out
-    )
+    pending = int(sky.run("jobs", "launch", "--async", "--", "touch", marker, check=True).out)
     result = sky.run("jobs", "cancel", str(pending), check=True)
     assert "CANCELLED" in result.out
     sky.run("jobs", "cancel", str(blocker), check=True)
@@ -70,8 +80,16 @@ def test_cancel_pending_job_never_starts(sky: SkyMini) -> None:
 def test_cancel_running_job_kills_its_whole_group(sky: SkyMini) -> None:
     sky.serve_foreground()
     job = int(
-        sky.run("jobs", "launch", "--async", "--", "sh", "-c", "sleep 1000 & sleep 1000; wait",
-                check=True).out
+        sky.run(
+            "jobs",
+            "launch",
+            "--async",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000 & sleep 1000; wait",
+            check=True,
+        ).out
     )
     record = sky.wait_job(job, ("RUNNING",))
     pgid = record["pgid"]
