@@ -1,0 +1,260 @@
+"""The server's tick steps driven alone, with a fake backend and a fake clock."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sky_mini.config import Settings
+from sky_mini.models import JobRecord, JobStatus
+from sky_mini.paths import Paths, ensure_dirs
+from sky_mini.server.backend import BackendEvent
+from sky_mini.server.main import Capacity, Server
+from sky_mini.state import Store
+
+MiB = 1024 * 1024
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.running: dict[int, str] = {}
+        self.stops: list[tuple[int, str]] = []
+        self.events: list[BackendEvent] = []
+
+    def start(self) -> None: ...
+
+    def filenos(self) -> list[int]:
+        return []
+
+    def free_slots(self) -> int:
+        return self.slots - len(self.running)
+
+    def launch(self, job: JobRecord, payload: dict[str, Any]) -> str:
+        assert self.free_slots() > 0
+        self.running[job.id] = f"fake-{job.id}"
+        return self.running[job.id]
+
+    def stop(self, job_id: int, reason: str, grace: float) -> None:
+        self.stops.append((job_id, reason))
+
+    def poll(self) -> list[BackendEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def child_exited(self, pid: int, status: int) -> list[BackendEvent]:
+        return []
+
+    def maintain(self) -> list[str]:
+        return []
+
+    def components(self) -> list[dict[str, Any]]:
+        return []
+
+    def shutdown(self, grace: float) -> None: ...
+
+    def is_stopped(self) -> bool:
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_server(tmp: str, *, cpus: float, memory: int, slots: int, **kw: Any) -> Server:
+    paths = Paths(os.path.join(tmp, "home"))
+    ensure_dirs(paths)
+    clock = kw.pop("clock", Clock())
+    server = Server(paths, Settings(), idle_minutes=kw.pop("idle_minutes", None), clock=clock)
+    server.capacity = Capacity(cpus=cpus, memory_bytes=memory)
+    server.backend = FakeBackend(slots)
+    return server
+
+
+def submit(server: Server, cpus: float = 1.0, memory: int | None = None) -> JobRecord:
+    resources = {"cpus": cpus, "memory_bytes": memory, "timeout_seconds": None}
+    store = Store(server.paths)
+    record = store.create_job(
+        lambda i: JobRecord(
+            id=i,
+            task={"run": "true", "resources": resources},
+            name=f"j{i}",
+            log_path=server.paths.job_log(i),
+            submitted_at=time.time(),
+        )
+    )
+    server.load_new_jobs()
+    return record
+
+
+job_shapes = st.lists(
+    st.tuples(st.sampled_from([0.25, 0.5, 1.0, 2.0]), st.sampled_from([None, 64, 512, 1024])),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=job_shapes,
+    cpus=st.sampled_from([0.5, 1.0, 2.0, 4.0]),
+    memory_mib=st.sampled_from([256, 1024, 4096]),
+    slots=st.integers(min_value=1, max_value=4),
+)
+def test_no_job_stays_pending_while_a_slot_is_idle_and_it_fits(
+    tmp_path_factory: pytest.TempPathFactory,
+    shapes: list[tuple[float, int | None]],
+    cpus: float,
+    memory_mib: int,
+    slots: int,
+) -> None:
+    server = make_server(
+        str(tmp_path_factory.mktemp("s")), cpus=cpus, memory=memory_mib * MiB, slots=slots
+    )
+    for job_cpus, job_mem in shapes:
+        submit(server, job_cpus, job_mem * MiB if job_mem else None)
+    server.dispatch_pending(server.clock())
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    for record in server.jobs.values():
+        if record.status is not JobStatus.PENDING:
+            continue
+        need_cpus = record.task["resources"]["cpus"]
+        need_mem = record.task["resources"]["memory_bytes"] or 0
+        fits = server.capacity.fits_now(need_cpus, need_mem)
+        assert not (backend.free_slots() > 0 and fits), record
+        assert record.reason and record.reason.startswith("waiting for")
+    # Never more reserved than the machine has.
+    assert server.capacity.used_cpus <= cpus + 1e-9
+    assert server.capacity.used_memory <= memory_mib * MiB
+    # Jobs that can never fit are failed, not left pending forever.
+    for job_id in range(1, len(shapes) + 1):
+        record = Store(server.paths).load_job(job_id)
+        assert record is not None
+        if record.task["resources"]["cpus"] > cpus:
+            assert record.status is JobStatus.FAILED and record.reason_code == "never_fits"
+
+
+def test_waiting_reason_names_the_holder(tmp_path: Any) -> None:
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=2)
+    first = submit(server)
+    second = submit(server)
+    server.dispatch_pending(server.clock())
+    assert server.jobs[first.id].status is JobStatus.STARTING
+    assert server.jobs[second.id].reason == "waiting for 1 CPU: 1/1 in use by job 1"
+
+
+def GiB(n: int) -> int:  # noqa: N802
+    return n * 1024**3
+
+
+def test_finished_event_frees_the_reservation_and_the_next_job_starts(tmp_path: Any) -> None:
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1)
+    first, second = submit(server), submit(server)
+    server.dispatch_pending(server.clock())
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    del backend.running[first.id]
+    server.apply_event(
+        BackendEvent(
+            "finished",
+            first.id,
+            {
+                "status": "KILLED",
+                "reason": "out of memory",
+                "reason_code": "memory_limit",
+                "exit_code": 137,
+            },
+        ),
+        server.clock(),
+    )
+    server.dispatch_pending(server.clock())
+    assert server.jobs[second.id].status is JobStatus.STARTING
+    stored = Store(server.paths).load_job(first.id)
+    assert stored is not None and stored.status is JobStatus.KILLED
+    assert stored.reason_code == "memory_limit"
+
+
+def test_cancel_intent_on_pending_and_running_jobs(tmp_path: Any) -> None:
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1)
+    running, pending = submit(server), submit(server)
+    server.dispatch_pending(server.clock())
+    store = Store(server.paths)
+    store.add_intent("cancel", pending.id)
+    store.add_intent("cancel", running.id)
+    server.handle_intents(server.clock())
+    record = store.load_job(pending.id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert record.started_at is None
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    assert backend.stops == [(running.id, "cancel")]
+    assert store.take_intents() == []
+
+
+def test_autostop_at_idle_minutes_not_before(tmp_path: Any) -> None:
+    clock = Clock()
+    server = make_server(
+        str(tmp_path), cpus=1, memory=GiB(1), slots=1, idle_minutes=10, clock=clock
+    )
+    server.idle_since = None
+    server.check_autostop(clock())
+    clock.now += 10 * 60 - 1
+    server.check_autostop(clock())
+    assert server.stop_requested is None
+    clock.now += 1
+    server.check_autostop(clock())
+    assert server.stop_requested == "idle"
+
+
+def test_work_resets_the_idle_countdown(tmp_path: Any) -> None:
+    clock = Clock()
+    server = make_server(
+        str(tmp_path), cpus=1, memory=GiB(1), slots=1, idle_minutes=10, clock=clock
+    )
+    server.check_autostop(clock())
+    clock.now += 9 * 60
+    submit(server)
+    server.check_autostop(clock())
+    assert server.idle_since is None
+    clock.now += 5 * 60
+    server.check_autostop(clock())
+    assert server.stop_requested is None
+
+
+def test_foreground_server_without_idle_minutes_never_idles_out(tmp_path: Any) -> None:
+    clock = Clock()
+    server = make_server(str(tmp_path), cpus=1, memory=GiB(1), slots=1, clock=clock)
+    server.check_autostop(clock())
+    clock.now += 365 * 86400
+    server.check_autostop(clock())
+    assert server.stop_requested is None
+
+
+def test_restart_marks_running_jobs_lost_and_keeps_pending(tmp_path: Any) -> None:
+    server = make_server(str(tmp_path), cpus=1, memory=GiB(1), slots=1)
+    running, pending = submit(server), submit(server)
+    server.dispatch_pending(server.clock())
+    record = server.jobs[running.id]
+    record.status = JobStatus.RUNNING
+    Store(server.paths).save_job(record)
+    server.write_active_index()
+    fresh = make_server(str(tmp_path), cpus=1, memory=GiB(1), slots=1)
+    fresh.cgroup_caps = None
+    fresh.settings = Settings(disabled=frozenset({"sweep"}))
+    fresh.reconcile_previous_instance()
+    lost = Store(fresh.paths).load_job(running.id)
+    assert lost is not None and lost.status is JobStatus.KILLED
+    assert lost.reason_code == "supervisor_lost"
+    assert list(fresh.jobs) == [pending.id]
