@@ -335,3 +335,27 @@ def test_negative_control_pid1_without_reaping_leaves_zombies(sky: SkyMini) -> N
     wait_for(lambda: len(zombies_under(init)) >= 50, 10, "orphans left as zombies")
     unshare.send_signal(signal.SIGKILL)
     unshare.wait()
+
+
+# -- graceful shutdown ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_graceful_shutdown_terms_then_kills_and_exits_0(sky: SkyMini, sig: int) -> None:
+    server = sky.serve_foreground("--executors", "2")
+    polite = launch(sky, PLAIN)
+    # Ignores SIGTERM (and so does its sleep: SIG_IGN survives exec): needs the SIGKILL.
+    stubborn = launch(sky, ["sh", "-c", "trap '' TERM; sleep 1000"])
+    queued = launch(sky, PLAIN)
+    for job in (polite, stubborn):
+        sky.wait_job(job, ("RUNNING",))
+    tree = process_tree(sky, server.pid)
+    server.send_signal(sig)
+    assert server.wait(30) == 0
+    assert not survivors(sky, tree)
+    for job in (polite, stubborn):
+        record = sky.job(job)
+        assert record["status"] == "KILLED" and record["reason_code"] == "shutdown", record
+    assert sky.job(queued)["status"] == "PENDING"  # kept for the next start
+    with open(os.path.join(sky.home, "server.log")) as handle:
+        assert "SIGKILL after" in handle.read()
