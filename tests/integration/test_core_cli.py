@@ -216,3 +216,35 @@ def test_python_m_entry_point() -> None:
         [sys.executable, "-m", "sky_mini", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "sky-mini" in result.stdout
+
+
+def test_timeout_kills_the_job_with_reason_code_timeout(sky: SkyMini) -> None:
+    sky.serve_foreground()
+    result = sky.run("jobs", "launch", "--timeout", "1s", "--", "sleep", "1000")
+    assert result.code == 128 + 15 or result.code == 128 + 9, result
+    record = sky.job(1)
+    assert record["status"] == "KILLED" and record["reason_code"] == "timeout"
+    assert "timed out after 1" in record["reason"]
+
+
+def test_crash_looping_executor_makes_status_degraded(sky: SkyMini) -> None:
+    import psutil
+
+    from sky_mini.server.local import MAX_RESTARTS_IN_WINDOW
+
+    server = sky.serve_foreground("--executors", "1")
+
+    def executor_pid() -> int | None:
+        kids = psutil.Process(server.pid).children()
+        return kids[0].pid if kids else None
+
+    killed: set[int] = set()
+    for _ in range(MAX_RESTARTS_IN_WINDOW + 1):
+        pid = wait_for(lambda: (p := executor_pid()) and p not in killed and p, 10)
+        killed.add(pid)
+        os.kill(pid, 9)
+        wait_for(lambda pid=pid: not pid_alive(pid), 10)
+    wait_for(lambda: sky.run("api", "status").code == 4, 10, "status degraded")
+    report = sky.run("api", "status", "--json").json()
+    assert report["health"] == "degraded"
+    assert report["degraded_components"] == ["executor job-0"]
