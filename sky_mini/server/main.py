@@ -195,6 +195,7 @@ class Server:
         self.reconcile_previous_instance()
         self.start_backend()
         self.load_new_jobs()
+        self.start_services()
         self.write_status(force=True)
         log.info(
             "sky-mini %s serving (pid %d, home %s, %d job executor(s))",
@@ -276,6 +277,22 @@ class Server:
             if fd not in registered:
                 self.selector.register(fd, selectors.EVENT_READ, "backend")
 
+    def start_services(self) -> None:
+        """The services supervisor; it forks the services-controller when a service is up."""
+        from sky_mini.server.services import ServicesSupervisor
+
+        self.services = ServicesSupervisor(
+            self.paths,
+            self.settings,
+            selector=self.selector,  # it registers and unregisters its own event pipe
+            key=self.key,
+            instance_id=self.instance_id,
+            cgroup_caps=self.cgroup_caps,
+            cgroup_base=f"sky-mini-{self.key}",
+            memory_mechanism=self.memory_mechanism,
+            clock=self.clock,
+        )
+
     def backend_components(self) -> list[dict[str, Any]]:
         return self.backend.components() if self.backend is not None else []
 
@@ -348,7 +365,32 @@ class Server:
         finally:
             self.cleanup()
         log.info("server stopped")
+        if self.stop_requested == "idle" and self.detached and self.work_arrived():
+            self.spawn_successor()
         return 0
+
+    def work_arrived(self) -> bool:
+        """Did a job arrive while an idle stop was under way? (its CLI saw us still up)"""
+        if any(r.status is JobStatus.PENDING for r in self.jobs.values()):
+            return True
+        for job_id in range(self.seen_through + 1, self.store.next_id()):
+            record = self.store.load_job(job_id)
+            if record is not None and record.status is JobStatus.PENDING:
+                return True
+        return False
+
+    def spawn_successor(self) -> None:
+        """Start a fresh detached server (our lock is already released) for late work."""
+        import subprocess
+
+        argv = [sys.executable, "-m", "sky_mini", "serve", "--foreground", "--detached"]
+        idle = "off" if self.idle_minutes is None else f"{self.idle_minutes:g}"
+        argv += ["--idle-minutes", idle]
+        log.info("work arrived during the idle stop: starting a successor server")
+        with contextlib.suppress(OSError):
+            subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
+            )
 
     def tick(self) -> bool:
         """One pass of the loop. Returns True when the server should exit."""
@@ -522,8 +564,8 @@ class Server:
         self.register_backend_fds()
 
     def reconcile_services(self, now: float) -> None:
-        if self.services is not None:
-            self.services.reconcile(now)
+        if self.services is not None and self.services.reconcile(now):
+            self.status_dirty = True
 
     def dispatch_pending(self, now: float) -> None:
         """Start every PENDING job whose reservation fits, oldest first."""
@@ -732,6 +774,7 @@ class Server:
             },
             "queue": {"pending": pending, "running": len(self.jobs) - pending},
             "components": components,
+            "services": self.services.status_json() if self.services is not None else None,
             **self.details,
         }
         try:

@@ -258,3 +258,22 @@ def test_restart_marks_running_jobs_lost_and_keeps_pending(tmp_path: Any) -> Non
     assert lost is not None and lost.status is JobStatus.KILLED
     assert lost.reason_code == "supervisor_lost"
     assert list(fresh.jobs) == [pending.id]
+
+
+def test_work_arriving_during_an_idle_stop_is_noticed(tmp_path: Any) -> None:
+    clock = Clock()
+    server = make_server(str(tmp_path), cpus=1, memory=GiB(1), slots=1, idle_minutes=0, clock=clock)
+    server.check_autostop(clock())
+    assert server.stop_requested == "idle"
+    assert not server.work_arrived()
+    # A CLI that saw the server still up records a job and wakes it; dispatch is closed.
+    Store(server.paths).create_job(
+        lambda i: JobRecord(
+            id=i,
+            task={"run": "true"},
+            name="late",
+            log_path=server.paths.job_log(i),
+            submitted_at=clock(),
+        )
+    )
+    assert server.work_arrived()
