@@ -299,6 +299,12 @@ def jobs_wait(job_ids: tuple[int, ...], timeout: float | None) -> int:
     return wait_jobs(list(job_ids), timeout)
 
 
+from sky_mini.cli_services import down, services  # noqa: E402
+
+cli.add_command(services)
+cli.add_command(down)
+
+
 def main() -> None:
     """Console entry point: run the CLI, print user errors once, exit with a named code."""
     code = run(sys.argv[1:])

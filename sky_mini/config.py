@@ -29,7 +29,9 @@ from sky_mini.paths import Paths
 from sky_mini.units import parse_size
 
 DISABLE_ENV = "SKY_MINI_DISABLE"
-DISABLE_CHOICES = frozenset({"cgroup", "subreaper", "sweep", "pdeathsig", "oom_score", "reap"})
+DISABLE_CHOICES = frozenset(
+    {"cgroup", "subreaper", "sweep", "pdeathsig", "pipe", "oom_score", "reap"}
+)
 
 _SCHEMA: dict[str, dict[str, Any]] = {
     "server": {"idle_minutes": None, "executors": None, "kill_grace_seconds": None},

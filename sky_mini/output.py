@@ -113,4 +113,10 @@ def status_text(report: dict[str, Any]) -> str:
     lines.append(
         table(("COMPONENT", "KIND", "PID", "STATE", "JOB", "RSS", "UPTIME", "RESTARTS"), rows)
     )
+    for c in report.get("components", []):
+        if c.get("autostop_in_seconds") is not None:
+            lines.append(
+                f"{c['name']}: no service up, autostop in "
+                f"{format_duration(c['autostop_in_seconds'])}"
+            )
     return "\n".join(lines)

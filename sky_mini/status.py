@@ -46,6 +46,8 @@ def build_report(snapshot: dict[str, Any], now: float) -> dict[str, Any]:
         if not alive and row.get("should_run"):
             row["state"] = "dead" if row.get("state") not in ("dead", "backoff") else row["state"]
             degraded.append(row["name"])
+        if row.get("autostop_at") is not None:
+            row["autostop_in_seconds"] = max(0.0, float(row["autostop_at"]) - now)
         components.append(row)
     report["components"] = components
     report["degraded_components"] = degraded

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,9 @@ class LocalBackend:
         self.memory_mechanism = memory_mechanism
         self.disabled = disabled
         self.shutting_down = False
+        # Called with an event fd just before it is closed, so the server's selector
+        # forgets it: a replacement executor's pipe may reuse the same number.
+        self.on_close: Callable[[int], None] | None = None
 
     # -- executors ------------------------------------------------------------------
 
@@ -100,6 +104,8 @@ class LocalBackend:
                 os.close(handle.cmd_w)
             handle.cmd_w = -1
         if handle.events is not None:
+            if self.on_close is not None:
+                self.on_close(handle.events.fd)
             with contextlib.suppress(OSError):
                 os.close(handle.events.fd)
             handle.events = None

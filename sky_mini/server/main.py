@@ -41,6 +41,7 @@ STATUS_HEARTBEAT_SECONDS = 5.0
 SHUTDOWN_EXTRA_SECONDS = 5.0
 JOB_RESERVATION_EPSILON = 1e-9
 PRUNE_INTERVAL_SECONDS = 3600.0
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class AlreadyRunning(Exception):
@@ -132,6 +133,7 @@ class Server:
         self.active_dirty = True
         self.last_prune = 0.0
         self.warnings: list[str] = []
+        self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
         self.lock_fd = -1
         self.wake_fds: tuple[int, int] = (-1, -1)
         self.signal_fds: tuple[int, int] = (-1, -1)
@@ -266,9 +268,14 @@ class Server:
             memory_mechanism=self.memory_mechanism,
             disabled=self.settings.disabled,
         )
+        backend.on_close = self.forget_fd
         backend.start()
         self.backend = backend
         self.register_backend_fds()
+
+    def forget_fd(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(fd)
 
     def register_backend_fds(self) -> None:
         assert self.backend is not None
@@ -337,7 +344,7 @@ class Server:
                     reason_code=ReasonCode.SUPERVISOR_LOST.value,
                     exit_code=None,
                 )
-                self.store.save_job(record)
+                self.save_job(record)
                 log.warning("job %d was running when the previous server died", job_id)
         self.seen_through = max([self.seen_through, *candidates])
         self.active_dirty = True
@@ -406,6 +413,7 @@ class Server:
         self.dispatch_pending(now)
         self.check_autostop(now)
         self.prune_history(now)
+        self.retry_unsaved_jobs()
         self.write_active_index()
         self.write_status()
         return self.shutdown_complete(now)
@@ -484,7 +492,7 @@ class Server:
             record.memory_mechanism = data.get("memory_mechanism")
             record.executor = data.get("executor")
             record.reason = None
-            self.store.save_job(record, durable=False)
+            self.save_job(record, durable=False)
         elif event.kind == "finished":
             status = JobStatus(data.get("status", JobStatus.FAILED.value))
             record.finish(
@@ -497,7 +505,7 @@ class Server:
             if data.get("peak_memory_bytes"):
                 record.peak_memory_bytes = int(data["peak_memory_bytes"])
             record.started_at = record.started_at or now
-            self.store.save_job(record)
+            self.save_job(record)
             self.capacity.release(record.id)
             del self.jobs[record.id]
             self.active_dirty = True
@@ -542,7 +550,7 @@ class Server:
                     reason_code=ReasonCode.CANCELLED.value,
                     exit_code=None,
                 )
-                self.store.save_job(record)
+                self.save_job(record)
                 del self.jobs[job_id]
                 self.active_dirty = True
                 self.status_dirty = True
@@ -590,7 +598,7 @@ class Server:
             record.reason = None
             record.executor = self.backend.launch(record, self.job_payload(record))
             record.started_at = now
-            self.store.save_job(record, durable=False)
+            self.save_job(record, durable=False)
             self.status_dirty = True
 
     def job_payload(self, record: JobRecord) -> dict[str, Any]:
@@ -608,7 +616,7 @@ class Server:
     def note_waiting(self, record: JobRecord, reason: str) -> None:
         if record.reason != reason:
             record.reason = reason
-            self.store.save_job(record, durable=False)
+            self.save_job(record, durable=False)
 
     def fail_never_fits(self, record: JobRecord, cpus: float, memory: int, now: float) -> None:
         reason = (
@@ -623,7 +631,7 @@ class Server:
             reason_code=ReasonCode.NEVER_FITS.value,
             exit_code=None,
         )
-        self.store.save_job(record)
+        self.save_job(record)
         del self.jobs[record.id]
         self.active_dirty = True
         log.warning("job %d can never run here: %s", record.id, reason)
@@ -708,7 +716,7 @@ class Server:
                     reason_code=ReasonCode.SHUTDOWN.value,
                     exit_code=None,
                 )
-                self.store.save_job(record)
+                self.save_job(record)
                 del self.jobs[record.id]
                 self.active_dirty = True
         with contextlib.suppress(OSError):
@@ -730,10 +738,40 @@ class Server:
 
     # -- published state -----------------------------------------------------------------
 
+    def save_job(self, record: JobRecord, *, durable: bool = True) -> None:
+        """Write a record; on a full disk keep it in memory and retry every tick.
+
+        The server must outlive a full disk: its in-memory record is the truth until the
+        write succeeds (clients see the last record written until then).
+        """
+        try:
+            self.store.save_job(record, durable=durable)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            if record.id not in self.unsaved:
+                log.warning(
+                    "cannot save job %d's record (%s); will retry when there is space",
+                    record.id,
+                    exc.strerror,
+                )
+            self.unsaved[record.id] = record
+            return
+        self.unsaved.pop(record.id, None)
+
+    def retry_unsaved_jobs(self) -> None:
+        for record in list(self.unsaved.values()):
+            self.save_job(record)
+
     def write_active_index(self) -> None:
         if not self.active_dirty:
             return
-        self.store.write_active(sorted(self.jobs), self.seen_through)
+        try:
+            self.store.write_active(sorted(self.jobs), self.seen_through)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            return  # still dirty: retried next tick
         self.active_dirty = False
 
     def write_status(self, *, force: bool = False, state: str | None = None) -> None:
@@ -797,7 +835,10 @@ def configure_logging(paths: Paths, *, detached: bool) -> None:
     root.addHandler(stream)
     if not detached:
         with contextlib.suppress(OSError):
-            handler = logging.FileHandler(paths.server_log)
+            # Our own open: 0600 and never through a symlink planted in the home.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+            log_file = os.fdopen(os.open(paths.server_log, flags, 0o600), "a", buffering=1)
+            handler = logging.StreamHandler(log_file)
             handler.setFormatter(formatter)
             root.addHandler(handler)
     root.propagate = False
