@@ -802,7 +802,7 @@ def test_check_fits_rejects_too_many_cpus() -> None:
     with pytest.raises(SpecError) as info:
         check_fits(ResourceSpec(cpus=8), machine_cpus=1.5, machine_memory_bytes=GiB, path="t.yaml")
     assert info.value.key == "resources.cpus"
-    assert "8 CPUs" in info.value.problem and "(1.5)" in info.value.problem
+    assert "8 CPUs" in info.value.problem and "(1.5 CPU)" in info.value.problem
     assert "SKY_MINI_CPUS" in info.value.problem
 
 
