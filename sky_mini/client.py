@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -20,11 +19,13 @@ from sky_mini.errors import NoServerError, SkyMiniError, UsageError
 from sky_mini.models import JobRecord, JobStatus
 from sky_mini.paths import Paths, check_home_trust, ensure_dirs, get_paths
 from sky_mini.state import LockTimeout, Store, flocked, is_locked, read_json
+from sky_mini.state import read_bytes as read_bytes_nofollow
 
 SERVER_START_TIMEOUT_SECONDS = 30.0
 POLL_SECONDS = 0.05
 FOLLOW_POLL_SECONDS = 0.1
 DEFAULT_QUEUE_LIMIT = 20
+MAX_JOB_ID_DIGITS = 18  # fits in a signed 64-bit integer
 
 
 def open_home(*, create: bool = True) -> Paths:
@@ -79,7 +80,22 @@ def read_status(paths: Paths) -> dict[str, Any] | None:
     if not server_running(paths):
         return None
     data = read_json(paths.server_status, quarantine_bad=False)
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    # A server that has just taken the lock has not yet replaced its dead predecessor's
+    # snapshot, which still says "running": only the lock holder's own snapshot counts.
+    if data.get("pid") != read_lock_pid(paths):
+        return None
+    return data
+
+
+def read_lock_pid(paths: Paths) -> int | None:
+    """The PID the server wrote into its lock file (None if unreadable)."""
+    try:
+        raw = read_bytes_nofollow(paths.server_lock)
+        return int(raw.strip()) if raw else None
+    except (OSError, ValueError):
+        return None
 
 
 def start_server(
@@ -117,6 +133,8 @@ def spawn_server(paths: Paths, *, idle_minutes: float | None, executors: int | N
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
     log_fd = os.open(paths.server_log, flags, 0o600)
     try:
+        import subprocess  # lazily: only the CLI that starts a server needs it
+
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -289,36 +307,55 @@ def wait_for_jobs(
     timeout: float | None,
     on_done: Callable[[JobRecord], None] | None = None,
 ) -> list[JobRecord]:
-    """Block until every job is terminal; raise on timeout. Reads records only."""
+    """Block until every job is terminal; raise on timeout.
+
+    Reads records only (never contacts the server) and sleeps on inotify between changes.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
-    pending = list(job_ids)
+    pending = list(dict.fromkeys(job_ids))
     done: dict[int, JobRecord] = {}
-    watcher = RecordWatcher(paths)
-    while pending:
-        for job_id in list(pending):
-            if not watcher.changed(job_id) and job_id in done:
-                continue
-            record = load_job(paths, job_id)
-            if record.status.is_terminal:
-                done[job_id] = record
-                pending.remove(job_id)
-                if on_done is not None:
-                    on_done(record)
-        if not pending:
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            waiting = ", ".join(str(j) for j in pending)
-            raise SkyMiniError(f"timed out after {timeout:g}s waiting for job(s) {waiting}")
-        time.sleep(FOLLOW_POLL_SECONDS)
+    with RecordWatcher(paths, pending) as watcher:
+        while True:
+            for job_id in list(pending):
+                if not watcher.changed(job_id):
+                    continue
+                record = load_job(paths, job_id)
+                if record.status.is_terminal:
+                    done[job_id] = record
+                    pending.remove(job_id)
+                    if on_done is not None:
+                        on_done(record)
+            if not pending:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                waiting = ", ".join(str(j) for j in pending)
+                raise SkyMiniError(f"timed out after {timeout:g}s waiting for job(s) {waiting}")
+            watcher.wait(remaining)
     return [done[j] for j in job_ids]
 
 
 class RecordWatcher:
-    """Cheap change detection on job records by (mtime_ns, size, inode)."""
+    """Change detection on job records: inotify wake-ups, confirmed by (mtime_ns, size, inode).
 
-    def __init__(self, paths: Paths) -> None:
+    Records are replaced by rename, so each change is a new inode. ``wait`` sleeps until one
+    of the watched records is replaced (or the poll interval passes where inotify is
+    unavailable); ``changed`` tells which, by ``stat`` alone.
+    """
+
+    def __init__(self, paths: Paths, job_ids: Iterable[int] = ()) -> None:
+        from sky_mini import follow
+
         self.paths = paths
         self.seen: dict[int, tuple[int, int, int]] = {}
+        self.watcher = follow.open_watcher()
+        self.watch(job_ids)
+
+    def watch(self, job_ids: Iterable[int]) -> None:
+        names = [os.path.basename(self.paths.job_record(j)) for j in job_ids]
+        if names:
+            with contextlib.suppress(FileNotFoundError):
+                self.watcher.watch_dir(self.paths.jobs_dir, names)
 
     def changed(self, job_id: int) -> bool:
         try:
@@ -330,6 +367,22 @@ class RecordWatcher:
             return False
         self.seen[job_id] = key
         return True
+
+    def wait(self, timeout: float | None) -> None:
+        """Sleep until a watched record may have changed, at most ``timeout`` seconds."""
+        from sky_mini.follow import SAFETY_WAKE_SECONDS
+
+        limit = SAFETY_WAKE_SECONDS if timeout is None else min(timeout, SAFETY_WAKE_SECONDS)
+        self.watcher.wait(limit)
+
+    def close(self) -> None:
+        self.watcher.close()
+
+    def __enter__(self) -> RecordWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def follow_job(
@@ -343,76 +396,50 @@ def follow_job(
     """Copy the job's log to ``out`` (from ``tail`` lines back), following until the job ends.
 
     Reads the log file directly and learns the job's end from its record: no load on the
-    server, and it works while the server is down.
+    server, and it works while the server is down. Output is copied as it is appended
+    (inotify on the log and on the record; a short poll where inotify is unavailable).
     """
-    record = load_job(paths, job_id)
-    log_path = record.log_path
-    position = 0
-    if tail is not None:
-        for line in tail_lines(log_path, tail):
-            out.write(line)
-        out.flush()
-        with contextlib.suppress(FileNotFoundError):
-            position = os.path.getsize(log_path)
-    watcher = RecordWatcher(paths)
-    handle: IO[bytes] | None = None
-    try:
-        while True:
-            if handle is None:
-                with contextlib.suppress(FileNotFoundError):
-                    handle = open(log_path, "rb")  # noqa: SIM115 - closed in finally
-                    handle.seek(position)
-            copied = copy_available(handle, out) if handle is not None else 0
-            if copied:
-                continue
+    from sky_mini import follow as following
+
+    with RecordWatcher(paths, [job_id]) as records:
+        records.changed(job_id)  # note the version before loading it: no change slips by
+        record = load_job(paths, job_id)
+        position = 0
+        if tail is not None:
+            lines, position = following.read_tail(record.log_path, tail)
+            for line in lines:
+                out.write(line)
+            out.flush()
+        stream = following.FileStream(record.log_path, out, records.watcher, position)
+        try:
             if not follow:
+                stream.pump()
                 return record
-            if watcher.changed(job_id):
-                record = load_job(paths, job_id)
-                if record.status.is_terminal:
-                    if handle is not None:
-                        copy_available(handle, out)
-                    return record
-            time.sleep(FOLLOW_POLL_SECONDS)
-    finally:
-        if handle is not None:
-            handle.close()
+
+            def finished() -> bool:
+                nonlocal record
+                if records.changed(job_id):
+                    record = load_job(paths, job_id)
+                return record.status.is_terminal
+
+            following.stream_until(stream, records.watcher, finished)
+            return record
+        finally:
+            stream.close()
 
 
 def copy_available(handle: IO[bytes], out: IO[bytes]) -> int:
-    total = 0
-    while True:
-        chunk = handle.read(65536)
-        if not chunk:
-            break
-        out.write(chunk)
-        total += len(chunk)
-    if total:
-        out.flush()
-    return total
+    """Copy everything readable now from ``handle`` to ``out``; return the byte count."""
+    from sky_mini.follow import copy_available as copy
+
+    return copy(handle, out)
 
 
 def tail_lines(path: str, count: int) -> list[bytes]:
     """The last ``count`` lines of a file, reading backwards in blocks (not the whole file)."""
-    if count <= 0:
-        return []
-    try:
-        handle = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return []
-    with handle:
-        handle.seek(0, os.SEEK_END)
-        end = handle.tell()
-        block = 8192
-        data = b""
-        position = end
-        while position > 0 and data.count(b"\n") <= count:
-            step = min(block, position)
-            position -= step
-            handle.seek(position)
-            data = handle.read(step) + data
-        lines = data.splitlines(keepends=True)
-        return lines[-count:]
+    from sky_mini.follow import read_tail
+
+    return read_tail(path, count)[0]
 
 
 def exit_code_of(record: JobRecord) -> int:
@@ -426,7 +453,11 @@ def exit_code_of(record: JobRecord) -> int:
 
 def parse_job_id(raw: str) -> int:
     text = raw.strip()
-    if not text.isdigit() or int(text) < 1:
+    # ASCII digits only: str.isdigit() also accepts '²' and '١٢', which int() rejects or
+    # silently reads as another job's ID. Bounded, so a huge number is not a file name.
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_JOB_ID_DIGITS:
+        raise UsageError(f"'{raw}' is not a job ID; job IDs are positive whole numbers like 42")
+    if int(text) < 1:
         raise UsageError(f"'{raw}' is not a job ID; job IDs are positive whole numbers like 42")
     return int(text)
 

@@ -17,17 +17,16 @@ import stat
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from sky_mini.errors import SpecError, UsageError
 from sky_mini.units import format_size, parse_duration, parse_size
 
-try:
-    from yaml import CSafeLoader as _SafeLoaderBase
-except ImportError:  # PyYAML built without libyaml
-    from yaml import SafeLoader as _SafeLoaderBase  # type: ignore[assignment]
+if TYPE_CHECKING:
+    import yaml
+
+# yaml is imported inside the functions that read YAML: `jobs launch -- CMD` (the cron path)
+# never parses YAML and should not pay ~20 ms to import it.
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_ALIASES = 100
@@ -341,7 +340,7 @@ def check_fits(
             path,
             "resources.cpus",
             f"{resources.cpus:g} CPUs is more than this machine can ever give "
-            f"({machine_cpus:g}); lower it or set SKY_MINI_CPUS",
+            f"({machine_cpus:g} CPU); lower it or set SKY_MINI_CPUS",
         )
     if resources.memory_bytes is not None and resources.memory_bytes > machine_memory_bytes:
         raise SpecError(
@@ -374,7 +373,19 @@ def _make_loader(base: type[Any]) -> type[Any]:
     return type("SpecLoader", (base,), {"yaml_implicit_resolvers": resolvers})
 
 
-_LOADER: type[Any] = _make_loader(_SafeLoaderBase)
+_LOADER: type[Any] | None = None  # built on first use (tests may substitute their own)
+
+
+def _loader() -> type[Any]:
+    """The spec loader class: libyaml's CSafeLoader when available, else the pure-Python one."""
+    global _LOADER
+    if _LOADER is None:
+        try:
+            from yaml import CSafeLoader as base
+        except ImportError:  # PyYAML built without libyaml
+            from yaml import SafeLoader as base  # type: ignore[assignment]
+        _LOADER = _make_loader(base)
+    return _LOADER
 
 
 def _read_text(path: str) -> str:
@@ -414,8 +425,10 @@ def _read_text(path: str) -> str:
 
 def _load_mapping(path: str, what: str) -> dict[Any, Any]:
     text = _read_text(path)
+    import yaml
+
     _check_events(text, path)
-    loader = _LOADER(text)
+    loader = _loader()(text)
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
@@ -441,6 +454,8 @@ def _load_mapping(path: str, what: str) -> dict[Any, Any]:
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
+    import yaml
+
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -465,6 +480,8 @@ def _check_events(text: str, path: str) -> None:
     """Scan the event stream before building anything: one document, bounded nesting,
     at most MAX_ALIASES aliases, no recursive alias, no duplicate keys, and at most
     MAX_EXPANDED_NODES nodes once aliases are expanded ("billion laughs")."""
+    import yaml
+
     stack: list[_Frame] = []
     anchors: dict[str, int | None] = {}  # None while the anchored node is still open
     documents = 0
@@ -499,7 +516,7 @@ def _check_events(text: str, path: str) -> None:
             )
 
     try:
-        for event in yaml.parse(text, Loader=_LOADER):
+        for event in yaml.parse(text, Loader=_loader()):
             if isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
                 if documents > 1:
