@@ -18,7 +18,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,14 @@ from typing import Any
 from sky_mini.models import FutureSchemaError, JobRecord, job_from_json
 from sky_mini.paths import Paths
 
-log = logging.getLogger("sky_mini.state")
+
+def warn(message: str, *args: object) -> None:
+    """Log a warning; ``logging`` is imported only when there is something to say (it costs
+    ~5 ms on the cron-facing submit path, which normally says nothing)."""
+    import logging
+
+    logging.getLogger("sky_mini.state").warning(message, *args)
+
 
 FILE_MODE = 0o600
 LOCK_TIMEOUT_SECONDS = 30.0
@@ -143,15 +149,25 @@ def quarantine(path: str, why: str) -> str | None:
     try:
         os.replace(path, target)
     except OSError as exc:
-        log.warning("cannot read %s (%s) and cannot move it aside: %s", path, why, exc)
+        warn("cannot read %s (%s) and cannot move it aside: %s", path, why, exc)
         return None
-    log.warning("cannot read %s (%s); moved it to %s and kept going", path, why, target)
+    warn("cannot read %s (%s); moved it to %s and kept going", path, why, target)
     return target
 
 
 def read_json(path: str, *, quarantine_bad: bool = True) -> Any | None:
-    """Parse a JSON file; None if missing. A corrupt file is quarantined (if asked) → None."""
-    payload = read_bytes(path)
+    """Parse a JSON file; None if missing. A corrupt file is quarantined (if asked) → None.
+
+    A symbolic link planted in its place counts as corrupt: it is never followed.
+    """
+    try:
+        payload = read_bytes(path)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        if quarantine_bad:
+            quarantine(path, "a symbolic link, not a sky-mini file")
+        return None
     if payload is None:
         return None
     try:
@@ -177,12 +193,18 @@ class Store:
         record the next allocation steps over: IDs stay dense and are never reused.
         """
         with flocked(self.paths.id_lock):
-            job_id = self._read_next_id()
-            while os.path.lexists(self.paths.job_record(job_id)):
+            job_id = max(self._read_next_id(), self._seen_through() + 1)
+            # A record or log already there means the ID was given out (the counter may be
+            # behind after a crash, or damaged): step over it, never reuse it.
+            while os.path.lexists(self.paths.job_record(job_id)) or os.path.lexists(
+                self.paths.job_log(job_id)
+            ):
                 job_id += 1
             record = build(job_id)
             atomic_write_json(self.paths.job_record(job_id), record.to_json())
-            atomic_write_bytes(self.paths.next_id, f"{job_id + 1}\n".encode())
+            # Not fsynced: if the counter is lost in a crash, next_id() and the loop above
+            # step over the durable record, so the ID is still never reused.
+            atomic_write_bytes(self.paths.next_id, f"{job_id + 1}\n".encode(), durable=False)
         return record
 
     def _read_next_id(self) -> int:
@@ -197,13 +219,26 @@ class Store:
             return self.highest_recorded_id() + 1
         return max(1, value)
 
+    def _seen_through(self) -> int:
+        """The highest ID the server has seen (0 if unknown); read-only, never quarantines."""
+        data = read_json(self.paths.active_index, quarantine_bad=False)
+        seen = data.get("seen_through", 0) if isinstance(data, dict) else 0
+        return seen if isinstance(seen, int) else 0
+
     def next_id(self) -> int:
-        """The ID the next submission will get (read without the lock)."""
+        """The ID the next submission will get (read without the lock).
+
+        Steps over records already written past the counter: a CLI killed between writing
+        its record and moving the counter leaves one, and it must still run.
+        """
         raw = read_bytes(self.paths.next_id)
         try:
-            return max(1, int(raw.decode().strip())) if raw else 1
+            value = max(1, int(raw.decode().strip())) if raw else 1
         except ValueError:
-            return self.highest_recorded_id() + 1
+            value = self.highest_recorded_id() + 1
+        while os.path.lexists(self.paths.job_record(value)):
+            value += 1
+        return value
 
     def highest_recorded_id(self) -> int:
         highest = 0
@@ -221,7 +256,7 @@ class Store:
         try:
             return job_from_json(data)
         except FutureSchemaError as exc:
-            log.warning("skipping %s: %s; upgrade sky-mini to read it", path, exc)
+            warn("skipping %s: %s; upgrade sky-mini to read it", path, exc)
             return None
         except ValueError as exc:
             quarantine(path, str(exc))

@@ -52,6 +52,27 @@ def same_process(pid: int, create_time: float | None) -> bool:
     return create_time is not None and abs(actual - create_time) < 0.05
 
 
+def pids_holding_files_under(directory: str) -> list[int]:
+    """Processes (not us) with an open file or cwd below ``directory``: a test's own tmp dir,
+    so only processes the test started. Catches executors a negative control let survive,
+    whose titles overwrote their environment (and with it the marker)."""
+    prefix = os.path.realpath(directory) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{entry}/cwd")]
+            links += [
+                os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")
+            ]
+        except OSError:
+            continue
+        if any(link.startswith(prefix) for link in links) and pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
 def marked_pids(home_key_prefix: str) -> list[int]:
     """PIDs carrying a SKY_MINI_MARKER for this home (only processes our tests started)."""
     wanted = f"SKY_MINI_MARKER={home_key_prefix}".encode()
@@ -196,6 +217,8 @@ class SkyMini:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for leftover in marked_pids(self.key + ":"):
+        for leftover in marked_pids(self.key + ":") + pids_holding_files_under(
+            os.path.dirname(self.home)
+        ):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(leftover, signal.SIGKILL)

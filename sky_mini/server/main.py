@@ -41,6 +41,7 @@ STATUS_HEARTBEAT_SECONDS = 5.0
 SHUTDOWN_EXTRA_SECONDS = 5.0
 JOB_RESERVATION_EPSILON = 1e-9
 PRUNE_INTERVAL_SECONDS = 3600.0
+HISTORY_SCAN_BATCH = 500
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -132,6 +133,8 @@ class Server:
         self.last_status_write = 0.0
         self.active_dirty = True
         self.last_prune = 0.0
+        self.scan_cursor = 1  # next finished record to check once after start (see scan_history)
+        self.scan_end = 0
         self.warnings: list[str] = []
         self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
         self.lock_fd = -1
@@ -346,7 +349,10 @@ class Server:
                 )
                 self.save_job(record)
                 log.warning("job %d was running when the previous server died", job_id)
-        self.seen_through = max([self.seen_through, *candidates])
+        # Every record up to the counter has been looked at: the first load_new_jobs must
+        # not read the whole history again.
+        self.seen_through = max([self.seen_through, self.store.next_id() - 1, *candidates])
+        self.scan_end = self.seen_through
         self.active_dirty = True
         if self.cgroup_caps is not None:
             from sky_mini.cgroups import sweep_base
@@ -395,9 +401,7 @@ class Server:
         argv += ["--idle-minutes", idle]
         log.info("work arrived during the idle stop: starting a successor server")
         with contextlib.suppress(OSError):
-            subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
-            )
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
     def tick(self) -> bool:
         """One pass of the loop. Returns True when the server should exit."""
@@ -413,6 +417,7 @@ class Server:
         self.dispatch_pending(now)
         self.check_autostop(now)
         self.prune_history(now)
+        self.scan_history()
         self.retry_unsaved_jobs()
         self.write_active_index()
         self.write_status()
@@ -654,6 +659,15 @@ class Server:
         ):
             log.info("idle for %g minute(s) with no work: stopping", self.idle_minutes)
             self.initiate_shutdown("idle")
+
+    def scan_history(self) -> None:
+        """Read every older record once after start, a batch per tick, so a damaged one is
+        quarantined (and a newer-schema one reported) without slowing the start itself."""
+        stop = min(self.scan_end + 1, self.scan_cursor + HISTORY_SCAN_BATCH)
+        for job_id in range(self.scan_cursor, stop):
+            if job_id not in self.jobs:
+                self.store.load_job(job_id)
+        self.scan_cursor = stop
 
     def prune_history(self, now: float) -> None:
         if now - self.last_prune < PRUNE_INTERVAL_SECONDS:
