@@ -123,18 +123,29 @@ class Tmux:
         )
         return result.stdout
 
-    def start(self, argv: list[str]) -> None:
-        # Several arguments: tmux runs the command directly, without a shell in between.
-        self.cmd("new-session", "-d", "-s", "t", "-x", "200", "-y", "50", *argv)
+    def start(self, argv: list[str], code_file: str) -> None:
+        """Run ``argv`` in a pane, under a wrapper that records its exit code in ``code_file``.
+
+        The wrapper (not tmux) reports the code: tmux marks a pane dead when its pty closes
+        and collects the status only when it gets around to reaping it, which made the
+        exit code unreliable to read through tmux. The wrapper ignores SIGINT itself
+        (after starting the CLI, which keeps Python's own handler) so Ctrl-C reaches the CLI.
+        """
+        wrapper = (
+            "import signal, subprocess, sys\n"
+            "child = subprocess.Popen(sys.argv[2:])\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "code = child.wait()\n"
+            "open(sys.argv[1], 'w').write(str(128 - code if code < 0 else code))\n"
+        )
+        self.cmd(
+            "new-session", "-d", "-s", "t", "-x", "200", "-y", "50",
+            sys.executable, "-c", wrapper, code_file, *argv,
+        )  # fmt: skip
         self.cmd("set-option", "-t", "t", "remain-on-exit", "on")
 
     def screen(self) -> str:
         return self.cmd("capture-pane", "-p", "-J", "-t", "t", "-S", "-100")
-
-    def dead_status(self) -> int | None:
-        shown = self.cmd("display-message", "-p", "-t", "t", "#{pane_dead}:#{pane_dead_status}")
-        dead, _, status = shown.strip().partition(":")
-        return int(status) if dead == "1" else None
 
     def kill(self) -> None:
         subprocess.run(
@@ -159,15 +170,18 @@ def test_ctrl_c_detaches_attached_launch_and_logs_reattaches(
     sky.serve_foreground()
     gate = os.path.join(str(tmp_path), "gate")
     script = f"echo started; while [ ! -e {gate} ]; do sleep 0.02; done; echo finished; exit 4"
-    tmux.start([sys.executable, "-m", "sky_mini", "jobs", "launch", "--", "sh", "-c", script])
+    code_file = os.path.join(str(tmp_path), "cli-exit-code")
+    tmux.start(
+        [sys.executable, "-m", "sky_mini", "jobs", "launch", "--", "sh", "-c", script], code_file
+    )
     wait_for(lambda: "started" in tmux.screen(), 60, "the job's first line on the terminal")
 
     tmux.cmd("send-keys", "-t", "t", "C-c")
-    wait_for(lambda: tmux.dead_status() is not None, 60, "the attached CLI to exit")
-    screen = tmux.screen()
-    assert "Detached from job 1" in screen, screen
-    assert "sky-mini jobs logs 1" in screen, screen
-    assert tmux.dead_status() == 130
+    wait_for(lambda: os.path.exists(code_file), 60, "the attached CLI to exit")
+    wait_for(lambda: "sky-mini jobs logs 1" in tmux.screen(), 10, "the reattach hint")
+    assert "Detached from job 1" in tmux.screen()
+    with open(code_file) as handle:
+        assert handle.read() == "130"
 
     record = sky.job(1)
     assert record["status"] == "RUNNING", record  # detaching did not cancel it
