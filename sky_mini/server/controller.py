@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 
 from sky_mini import procs
 from sky_mini.server.channel import LineReader, send_message
+from sky_mini.server.tied import install_loop_signals
 from sky_mini.services import (
     LB_HOST,
     SCHEMA_VERSION,
@@ -427,14 +428,6 @@ class Controller:
         os.set_blocking(self.sig_w, False)
 
     # -- setup ------------------------------------------------------------------------
-
-    def install_signal_handlers(self) -> None:
-        signal.set_wakeup_fd(self.sig_w)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def _on_term(self, _signum: int, _frame: object) -> None:
         self.term_received = True
@@ -1685,29 +1678,9 @@ def reset_logging_after_fork() -> None:
         root.propagate = False
 
 
-def controller_main(config: ControllerConfig, cmd_fd: int, evt_fd: int) -> NoReturn:
-    """Entry point in the freshly forked child. Never returns into the server's code."""
-    code = 1
-    try:
-        if "pdeathsig" not in config.disabled:
-            procs.set_parent_death_signal(signal.SIGTERM, config.server_pid)
-        elif os.getppid() != config.server_pid:
-            os._exit(1)
-        if "subreaper" not in config.disabled:
-            procs.set_child_subreaper()
-        procs.close_fds_except((0, 1, 2, cmd_fd, evt_fd))
-        reset_logging_after_fork()
-        with contextlib.suppress(Exception):
-            import setproctitle
-
-            setproctitle.setproctitle("sky-mini: services-controller")
-        controller = Controller(config, cmd_fd, evt_fd)
-        controller.install_signal_handlers()
-        code = controller.run()
-    except BaseException:  # noqa: BLE001
-        import traceback
-
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        os._exit(code)
+def controller_main(config: ControllerConfig, cmd_fd: int, evt_fd: int) -> int:
+    """The controller's life in its tied child (see ``tied.fork_tied``)."""
+    reset_logging_after_fork()
+    controller = Controller(config, cmd_fd, evt_fd)
+    install_loop_signals(controller.sig_w, controller._on_term)
+    return controller.run()

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from sky_mini import procs
 from sky_mini.models import JobStatus, ReasonCode, exit_code_for
 from sky_mini.server.channel import LineReader, send_message
+from sky_mini.server.tied import install_loop_signals
 from sky_mini.units import format_size
 
 WATCHDOG_INTERVAL_SECONDS = 0.05
@@ -94,16 +95,6 @@ class Executor:
         os.set_blocking(self.sig_w, False)
 
     # -- setup -----------------------------------------------------------------------
-
-    def install_signal_handlers(self) -> None:
-        signal.set_wakeup_fd(self.sig_w)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
-        # Ctrl-C in the foreground server's terminal reaches every process of its group;
-        # the server decides how to shut down, not each executor.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def _on_term(self, _signum: int, _frame: object) -> None:
         self.term_received = True
@@ -470,29 +461,8 @@ class Executor:
                 os.close(fd)
 
 
-def executor_main(config: ExecutorConfig, cmd_fd: int, evt_fd: int) -> NoReturn:
-    """Entry point in the freshly forked child. Never returns into the server's code."""
-    code = 1
-    try:
-        pdeathsig = "pdeathsig" not in config.disabled
-        if pdeathsig:
-            procs.set_parent_death_signal(signal.SIGTERM, config.server_pid)
-        elif os.getppid() != config.server_pid:
-            os._exit(1)
-        if "subreaper" not in config.disabled:
-            procs.set_child_subreaper()
-        procs.close_fds_except((0, 1, 2, cmd_fd, evt_fd))
-        with contextlib.suppress(Exception):
-            import setproctitle
-
-            setproctitle.setproctitle(f"sky-mini: executor {config.name}")
-        executor = Executor(config, cmd_fd, evt_fd)
-        executor.install_signal_handlers()
-        code = executor.run()
-    except BaseException:  # noqa: BLE001
-        import traceback
-
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        os._exit(code)
+def executor_main(config: ExecutorConfig, cmd_fd: int, evt_fd: int) -> int:
+    """The executor's life in its tied child (see ``tied.fork_tied``)."""
+    executor = Executor(config, cmd_fd, evt_fd)
+    install_loop_signals(executor.sig_w, executor._on_term)
+    return executor.run()

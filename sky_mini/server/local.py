@@ -21,6 +21,7 @@ from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.server.backend import BackendEvent
 from sky_mini.server.channel import LineReader, send_message
 from sky_mini.server.executor import ExecutorConfig, executor_main, read_vmstat_oom_kills
+from sky_mini.server.tied import fork_tied
 
 log = logging.getLogger("sky_mini.server")
 
@@ -74,8 +75,6 @@ class LocalBackend:
             self.fork_executor(handle)
 
     def fork_executor(self, handle: ExecutorHandle) -> None:
-        cmd_r, cmd_w = os.pipe()
-        evt_r, evt_w = os.pipe()
         config = ExecutorConfig(
             name=handle.name,
             server_pid=os.getpid(),
@@ -84,12 +83,11 @@ class LocalBackend:
             memory_mechanism=self.memory_mechanism,
             disabled=self.disabled,
         )
-        pid = os.fork()
-        if pid == 0:
-            executor_main(config, cmd_r, evt_w)
-        os.close(cmd_r)
-        os.close(evt_w)
-        os.set_blocking(cmd_w, True)
+        pid, cmd_w, evt_r = fork_tied(
+            f"sky-mini: executor {handle.name}",
+            self.disabled,
+            lambda cmd_fd, evt_fd: executor_main(config, cmd_fd, evt_fd),
+        )
         handle.pid = pid
         handle.create_time = procs.process_create_time(pid)
         handle.cmd_w = cmd_w

@@ -49,17 +49,14 @@ Spawner = Callable[[ControllerConfig], tuple[int, int, int]]
 
 def spawn_controller(config: ControllerConfig) -> tuple[int, int, int]:
     """Fork the services-controller from this (main) thread; see controller.controller_main."""
-    cmd_r, cmd_w = os.pipe()
-    evt_r, evt_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        from sky_mini.server.controller import controller_main
+    from sky_mini.server.controller import controller_main
+    from sky_mini.server.tied import fork_tied
 
-        controller_main(config, cmd_r, evt_w)
-    os.close(cmd_r)
-    os.close(evt_w)
-    os.set_blocking(cmd_w, True)
-    return pid, cmd_w, evt_r
+    return fork_tied(
+        "sky-mini: services-controller",
+        config.disabled,
+        lambda cmd_fd, evt_fd: controller_main(config, cmd_fd, evt_fd),
+    )
 
 
 def crash_delay(crashes_in_window: int) -> float:

@@ -1,0 +1,84 @@
+"""Children tied to the server: the job executors and the services controller.
+
+A tied child is forked from the server's main thread (``PR_SET_PDEATHSIG`` fires when the
+forking *thread* exits) with two pipes: commands in, whose write end only the server holds,
+so EOF means "server gone"; and events out. Right after ``fork`` it asks for SIGTERM on its
+parent's death, re-checks ``getppid()`` (closing the fork/prctl race), becomes a child
+subreaper so its own children's orphans reparent to it, and closes every descriptor it
+inherited but its two pipes: no other process may hold the server's lock, wake FIFO or
+another child's pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from sky_mini import procs
+
+ChildMain = Callable[[int, int], int]
+"""Runs in the child with (command read fd, event write fd); returns its exit code."""
+
+
+def fork_tied(title: str, disabled: frozenset[str], main: ChildMain) -> tuple[int, int, int]:
+    """Fork a tied child titled ``title``; return (pid, command write fd, event read fd)."""
+    server_pid = os.getpid()
+    cmd_r, cmd_w = os.pipe()
+    evt_r, evt_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        run_tied_child(title, server_pid, disabled, cmd_r, evt_w, main)
+    os.close(cmd_r)
+    os.close(evt_w)
+    os.set_blocking(cmd_w, True)
+    return pid, cmd_w, evt_r
+
+
+def run_tied_child(
+    title: str,
+    server_pid: int,
+    disabled: frozenset[str],
+    cmd_fd: int,
+    evt_fd: int,
+    main: ChildMain,
+) -> NoReturn:
+    """The child's side of :func:`fork_tied`. Never returns into the server's code."""
+    code = 1
+    try:
+        if "pdeathsig" not in disabled:
+            procs.set_parent_death_signal(signal.SIGTERM, server_pid)
+        elif os.getppid() != server_pid:
+            os._exit(1)
+        if "subreaper" not in disabled:
+            procs.set_child_subreaper()
+        procs.close_fds_except((0, 1, 2, cmd_fd, evt_fd))
+        with contextlib.suppress(Exception):
+            import setproctitle
+
+            setproctitle.setproctitle(title)
+        code = main(cmd_fd, evt_fd)
+    except BaseException:  # noqa: BLE001 - report, then exit without unwinding into the server
+        import traceback
+
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def install_loop_signals(wake_fd: int, on_term: Callable[[int, Any], None]) -> None:
+    """Signal handling for a tied child's selector loop: handlers only record or wake.
+
+    SIGTERM (also the parent-death signal) calls ``on_term``; SIGCHLD only wakes the loop.
+    SIGINT and SIGHUP are ignored: Ctrl-C in a foreground server's terminal reaches every
+    process of its group, and the server decides how to shut down, not each child.
+    """
+    signal.set_wakeup_fd(wake_fd)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
