@@ -42,23 +42,23 @@ ALLOC_200M = "x = b'x' * (200 << 20)"
 # The child forks a grandchild that calls setsid (leaving the child's process group and
 # session), writes its pid to a file and sleeps; the child sleeps too.
 SETSID_TREE = """
-import os, sys, time
+import os, signal, sys
 path = sys.argv[1]
 if os.fork() == 0:
     os.setsid()
     with open(path + ".tmp", "w") as f:
         f.write(str(os.getpid()))
     os.replace(path + ".tmp", path)
-    time.sleep(600)
+    signal.pause()  # until killed
     os._exit(0)
-time.sleep(600)
+signal.pause()
 """
 
 HOLD_20M = """
-import sys, time
+import signal, sys
 x = b'x' * (20 << 20)
 open(sys.argv[1], "w").close()
-time.sleep(600)
+signal.pause()
 """
 
 
@@ -281,9 +281,9 @@ def test_sweep_base_removes_leftovers_and_nothing_else(
     first = JobCgroup.create(caps, base_name, "job-7", None)
     second = JobCgroup.create(caps, base_name, "svc-db-1", None)
     _, grandchild_fd = procs.spawn_setsid_tree(tmp_path, first.procs_files())
-    sleeper = procs.spawn([sys.executable, "-c", "import time; time.sleep(600)"], ())
+    sleeper = procs.spawn([sys.executable, "-c", "import signal; signal.pause()"], ())
     join_files = second.procs_files()
-    second_proc = procs.spawn([sys.executable, "-c", "import time; time.sleep(600)"], join_files)
+    second_proc = procs.spawn([sys.executable, "-c", "import signal; signal.pause()"], join_files)
     # ... and one recorded under another base (as if the old server ran in another cgroup).
     other_base = os.path.join(own_root, f"{base_name}-old")
     recorded = os.path.join(other_base, "job-9")
@@ -293,11 +293,11 @@ def test_sweep_base_removes_leftovers_and_nothing_else(
     os.mkdir(foreign)
     try:
         recorded_proc = procs.spawn(
-            [sys.executable, "-c", "import time; time.sleep(600)"],
+            [sys.executable, "-c", "import signal; signal.pause()"],
             (os.path.join(recorded, "cgroup.procs"),),
         )
         foreign_proc = procs.spawn(
-            [sys.executable, "-c", "import time; time.sleep(600)"],
+            [sys.executable, "-c", "import signal; signal.pause()"],
             (os.path.join(foreign, "cgroup.procs"),),
         )
         wait_for(lambda: foreign_proc.pid in _procs_in(foreign), message="foreign group joined")

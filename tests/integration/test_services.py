@@ -222,7 +222,7 @@ def test_failing_replica_ends_failed_and_memory_limit_is_reported(sky: SkyMini) 
         sky,
         "hog",
         "name: hog\n"
-        f"run: {PY} -c 'import time; b = bytearray(300 * 2**20); time.sleep(60)'\n"
+        f"run: {PY} -c 'import signal; b = bytearray(300 * 2**20); signal.pause()'\n"
         "resources:\n  memory: 50M\n",
     )
     sky.run("services", "up", crash, check=True)
