@@ -1116,7 +1116,7 @@ class Controller:
             f"sky-mini: starting {rt.name} replica {replica.index} on port {replica.port} "
             f"(start {replica.starts}, restarts {replica.restarts})",
         )
-        replica.vmstat_at_start = read_vmstat_oom_kills()
+        replica.vmstat_at_start = procs.read_vmstat_oom_kills()
         pid = self.spawn_process(
             rt.spec.run,
             self.replica_env(rt, replica),
@@ -1261,7 +1261,7 @@ class Controller:
         if limit is None or now < replica.next_sample_at or replica.stop_reason is not None:
             return
         replica.next_sample_at = now + WATCHDOG_INTERVAL_SECONDS
-        rss = tree_rss(replica.pid)
+        rss = procs.tree_rss(replica.pid)
         replica.peak_bytes = max(replica.peak_bytes, rss)
         if rss > limit:
             replica.stop_reason = "memory_limit"
@@ -1384,7 +1384,7 @@ class Controller:
         killed_by = -returncode if returncode < 0 else None
         exit_code = returncode if returncode >= 0 else 128 + (killed_by or 0)
         if oom_kills is None and killed_by == signal.SIGKILL and replica.stop_reason is None:
-            vmstat = read_vmstat_oom_kills()
+            vmstat = procs.read_vmstat_oom_kills()
             if vmstat is not None and replica.vmstat_at_start is not None:
                 oom_kills = vmstat - replica.vmstat_at_start or None
         memory = classify_memory_death(limit, peak or None, oom_kills, killed_by)
@@ -1542,7 +1542,7 @@ class Controller:
                     rt.setup.cgroup.kill()
                 procs.signal_group(rt.setup.pid, signal.SIGKILL)
         if "subreaper" not in self.config.disabled:
-            kill_all_descendants()
+            procs.kill_descendants(os.getpid())
         for rt in runtimes:
             self.close_lb(rt)
         procs.reap_any()
@@ -1612,41 +1612,6 @@ def append_line(path: str, line: str) -> None:
             os.write(fd, f"{stamp} {line}\n".encode())
         finally:
             os.close(fd)
-
-
-def tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for member in members:
-        with contextlib.suppress(psutil.Error):
-            total += member.memory_info().rss
-    return total
-
-
-def kill_all_descendants() -> None:
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process().children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-
-
-def read_vmstat_oom_kills() -> int | None:
-    try:
-        with open("/proc/vmstat", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 _ABANDONED_HANDLERS: list[logging.Handler] = []

@@ -71,17 +71,6 @@ class RunningJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def read_vmstat_oom_kills() -> int | None:
-    try:
-        with open("/proc/vmstat", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 class Executor:
     def __init__(self, config: ExecutorConfig, cmd_fd: int, evt_fd: int) -> None:
         self.config = config
@@ -168,7 +157,7 @@ class Executor:
             env=env,
             limit_bytes=resources.get("memory_bytes"),
             timeout_at=time.monotonic() + float(timeout) if timeout else None,
-            vmstat_oom_start=read_vmstat_oom_kills(),
+            vmstat_oom_start=procs.read_vmstat_oom_kills(),
         )
         self.job.cgroup = self.create_cgroup(self.job)
         self.job.phase = "setup" if task.get("setup") else "run"
@@ -286,26 +275,14 @@ class Executor:
 
     def sample_memory(self, job: RunningJob, now: float) -> None:
         job.next_sample = now + PEAK_SAMPLE_INTERVAL_SECONDS
-        total = self.tree_rss()
+        # Every descendant of this executor belongs to the job (orphans reparent here).
+        total = procs.tree_rss(os.getpid(), include_self=False)
         job.peak_bytes = max(job.peak_bytes, total)
         watchdog = self.memory_mechanism_for(job) == "watchdog"
         over = job.limit_bytes is not None and total > job.limit_bytes
         if watchdog and over and job.stop_reason is None:
             job.stop_reason = "memory_limit"
             self.kill_job_tree(job)
-
-    def tree_rss(self) -> int:
-        import psutil
-
-        total = 0
-        try:
-            children = psutil.Process().children(recursive=True)
-        except psutil.Error:
-            return 0
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
-        return total
 
     def signal_job(self, job: RunningJob, sig: int) -> None:
         if job.pid:
@@ -322,15 +299,7 @@ class Executor:
             if job.pid:
                 procs.signal_group(job.pid, signal.SIGKILL)
         if "subreaper" not in self.config.disabled:
-            self.kill_all_descendants()
-
-    def kill_all_descendants(self) -> None:
-        import psutil
-
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process().children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    child.kill()
+            procs.kill_descendants(os.getpid())
 
     def advance_job(self) -> None:
         job = self.job
@@ -357,7 +326,7 @@ class Executor:
         if job.cgroup is not None:
             peak = max(peak, job.cgroup.peak_memory_bytes() or 0)
             oom_kills = job.cgroup.oom_kills_since_start()
-        vmstat_end = read_vmstat_oom_kills()
+        vmstat_end = procs.read_vmstat_oom_kills()
         vmstat_delta = (
             vmstat_end - job.vmstat_oom_start
             if vmstat_end is not None and job.vmstat_oom_start is not None

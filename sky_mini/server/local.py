@@ -20,7 +20,7 @@ from sky_mini import procs
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.server.backend import BackendEvent
 from sky_mini.server.channel import LineReader, send_message
-from sky_mini.server.executor import ExecutorConfig, executor_main, read_vmstat_oom_kills
+from sky_mini.server.executor import ExecutorConfig, executor_main
 from sky_mini.server.tied import fork_tied
 
 log = logging.getLogger("sky_mini.server")
@@ -129,7 +129,7 @@ class LocalBackend:
             if handle.alive and handle.job_id is None:
                 if send_message(handle.cmd_w, {"op": "run", "job": payload}):
                     handle.job_id = job.id
-                    handle.vmstat_at_launch = read_vmstat_oom_kills()
+                    handle.vmstat_at_launch = procs.read_vmstat_oom_kills()
                     handle.job_pgid = None
                     handle.job_cgroups = []
                     return handle.name
@@ -196,7 +196,7 @@ class LocalBackend:
         job_id = handle.job_id
         handle.job_id = None
         kill_job_leftovers(handle.job_pgid, handle.job_cgroups)
-        vmstat_now = read_vmstat_oom_kills()
+        vmstat_now = procs.read_vmstat_oom_kills()
         oom = (
             returncode == -signal.SIGKILL
             and vmstat_now is not None

@@ -36,7 +36,7 @@ def backend_with_busy_executor(job_id: int) -> tuple[LocalBackend, ExecutorHandl
 def test_an_executor_killed_mid_job_reports_the_job(
     monkeypatch: pytest.MonkeyPatch, vmstat_now: int | None, code: str
 ) -> None:
-    monkeypatch.setattr(local, "read_vmstat_oom_kills", lambda: vmstat_now)
+    monkeypatch.setattr(local.procs, "read_vmstat_oom_kills", lambda: vmstat_now)
     killed: list[tuple[int | None, list[str]]] = []
     monkeypatch.setattr(local, "kill_job_leftovers", lambda g, c: killed.append((g, c)))
     backend, handle = backend_with_busy_executor(7)
