@@ -455,9 +455,8 @@ def parse_job_id(raw: str) -> int:
     text = raw.strip()
     # ASCII digits only: str.isdigit() also accepts '²' and '١٢', which int() rejects or
     # silently reads as another job's ID. Bounded, so a huge number is not a file name.
-    if not (text.isascii() and text.isdigit()) or len(text) > MAX_JOB_ID_DIGITS:
-        raise UsageError(f"'{raw}' is not a job ID; job IDs are positive whole numbers like 42")
-    if int(text) < 1:
+    valid = text.isascii() and text.isdigit() and len(text) <= MAX_JOB_ID_DIGITS
+    if not valid or int(text) < 1:
         raise UsageError(f"'{raw}' is not a job ID; job IDs are positive whole numbers like 42")
     return int(text)
 
