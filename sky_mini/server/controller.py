@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 
 from sky_mini import procs
 from sky_mini.server.channel import LineReader, send_message
-from sky_mini.server.tied import install_loop_signals
+from sky_mini.server.tied import LoopSignals
 from sky_mini.services import (
     LB_HOST,
     SCHEMA_VERSION,
@@ -420,32 +420,24 @@ class Controller:
         self.idle_since: float | None = None
         self.autostop_at: float | None = None
         self.exiting: str | None = None  # why we are stopping everything and exiting
-        self.term_received = False
         self.published: dict[str, Any] = {}
         self.controller_dirty = True
-        self.sig_r, self.sig_w = os.pipe()
-        os.set_blocking(self.sig_r, False)
-        os.set_blocking(self.sig_w, False)
+        self.signals = LoopSignals()
 
     # -- setup ------------------------------------------------------------------------
-
-    def _on_term(self, _signum: int, _frame: object) -> None:
-        self.term_received = True
 
     # -- main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
         self.selector.register(self.commands.fd, selectors.EVENT_READ, ("cmd", None))
-        self.selector.register(self.sig_r, selectors.EVENT_READ, ("sig", None))
+        self.selector.register(self.signals.read_fd, selectors.EVENT_READ, ("sig", None))
         self.reload(self.clock())
         while True:
             now = self.clock()
             ready = self.selector.select(self.next_timeout(now))
             now = self.clock()
-            with contextlib.suppress(OSError):
-                while os.read(self.sig_r, 4096):
-                    pass
-            if self.term_received:
+            self.signals.drain()
+            if self.signals.term_received:
                 self.handle_server_gone("SIGTERM (the server is gone)")
                 return 128 + signal.SIGTERM
             for key, mask in ready:
@@ -1647,5 +1639,5 @@ def controller_main(config: ControllerConfig, cmd_fd: int, evt_fd: int) -> int:
     """The controller's life in its tied child (see ``tied.fork_tied``)."""
     reset_logging_after_fork()
     controller = Controller(config, cmd_fd, evt_fd)
-    install_loop_signals(controller.sig_w, controller._on_term)
+    controller.signals.install()
     return controller.run()

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from sky_mini import procs
 from sky_mini.models import JobStatus, ReasonCode, exit_code_for
 from sky_mini.server.channel import LineReader, send_message
-from sky_mini.server.tied import install_loop_signals
+from sky_mini.server.tied import LoopSignals
 from sky_mini.units import format_size
 
 WATCHDOG_INTERVAL_SECONDS = 0.05
@@ -78,28 +78,20 @@ class Executor:
         self.evt_fd = evt_fd
         self.job: RunningJob | None = None
         self.exiting = False
-        self.term_received = False
-        self.sig_r, self.sig_w = os.pipe()
-        os.set_blocking(self.sig_r, False)
-        os.set_blocking(self.sig_w, False)
+        self.signals = LoopSignals()
 
     # -- setup -----------------------------------------------------------------------
-
-    def _on_term(self, _signum: int, _frame: object) -> None:
-        self.term_received = True
 
     # -- main loop -------------------------------------------------------------------
 
     def run(self) -> int:
         selector = selectors.DefaultSelector()
         selector.register(self.commands.fd, selectors.EVENT_READ)
-        selector.register(self.sig_r, selectors.EVENT_READ)
+        selector.register(self.signals.read_fd, selectors.EVENT_READ)
         while True:
             selector.select(self.next_timeout())
-            with contextlib.suppress(OSError):
-                while os.read(self.sig_r, 4096):
-                    pass
-            if self.term_received:
+            self.signals.drain()
+            if self.signals.term_received:
                 self.handle_server_gone("SIGTERM (server gone)")
                 return 0
             for message in self.commands.read_messages():
@@ -433,5 +425,5 @@ class Executor:
 def executor_main(config: ExecutorConfig, cmd_fd: int, evt_fd: int) -> int:
     """The executor's life in its tied child (see ``tied.fork_tied``)."""
     executor = Executor(config, cmd_fd, evt_fd)
-    install_loop_signals(executor.sig_w, executor._on_term)
+    executor.signals.install()
     return executor.run()

@@ -69,16 +69,39 @@ def run_tied_child(
         os._exit(code)
 
 
-def install_loop_signals(wake_fd: int, on_term: Callable[[int, Any], None]) -> None:
-    """Signal handling for a tied child's selector loop: handlers only record or wake.
+class LoopSignals:
+    """The signal side of a tied child's selector loop: a wake-up pipe and a SIGTERM flag.
 
-    SIGTERM (also the parent-death signal) calls ``on_term``; SIGCHLD only wakes the loop.
-    SIGINT and SIGHUP are ignored: Ctrl-C in a foreground server's terminal reaches every
-    process of its group, and the server decides how to shut down, not each child.
+    Handlers only record or wake (``signal.set_wakeup_fd`` writes to the pipe, so ``select``
+    returns). SIGTERM, also the parent-death signal, sets ``term_received``; SIGCHLD only
+    wakes the loop. SIGINT and SIGHUP are ignored: Ctrl-C in a foreground server's terminal
+    reaches every process of its group, and the server decides how to shut down.
     """
-    signal.set_wakeup_fd(wake_fd)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self.term_received = False
+
+    def install(self) -> None:
+        signal.set_wakeup_fd(self.write_fd)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _on_term(self, _signum: int, _frame: Any) -> None:
+        self.term_received = True
+
+    def drain(self) -> None:
+        """Empty the wake-up pipe (call after every ``select``)."""
+        with contextlib.suppress(OSError):
+            while os.read(self.read_fd, 4096):
+                pass
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -82,8 +82,9 @@ def controller(tmp_path: Path) -> Iterator[tuple[Controller, Paths, FakeClock]]:
     finally:
         for rt in ctl.all_runtimes():
             ctl.close_lb(rt)
-        for fd in (cmd_r, cmd_w, evt_r, evt_w, ctl.sig_r, ctl.sig_w):
+        for fd in (cmd_r, cmd_w, evt_r, evt_w):
             os.close(fd)
+        ctl.signals.close()
 
 
 def spec(name: str = "web") -> ServiceSpec:
