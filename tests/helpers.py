@@ -52,6 +52,19 @@ def same_process(pid: int, create_time: float | None) -> bool:
     return create_time is not None and abs(actual - create_time) < 0.05
 
 
+def has_inotify_fd(pid: int) -> bool:
+    """Does the process hold an inotify descriptor (a follower or waiter that is waiting)?"""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:inotify":
+                return True
+    return False
+
+
 def pids_holding_files_under(directory: str) -> list[int]:
     """Processes (not us) with an open file or cwd below ``directory``: a test's own tmp dir,
     so only processes the test started. Catches executors a negative control let survive,

@@ -319,7 +319,7 @@ class Server:
             if killed:
                 log.warning("killed %d leftover process(es) of a previous server", len(killed))
         leftovers: list[str] = []
-        candidates = self.unfinished_job_ids()
+        candidates, next_id = self.unfinished_job_ids()
         for job_id in candidates:
             record = self.store.load_job(job_id)
             if record is None or record.status.is_terminal:
@@ -349,9 +349,10 @@ class Server:
                 )
                 self.save_job(record)
                 log.warning("job %d was running when the previous server died", job_id)
-        # Every record up to the counter has been looked at: the first load_new_jobs must
-        # not read the whole history again.
-        self.seen_through = max([self.seen_through, self.store.next_id() - 1, *candidates])
+        # Every record below the counter *as read above* has been looked at, so the first
+        # load_new_jobs need not read the whole history again. Not the counter now: CLIs
+        # racing this start may have recorded jobs since, and load_new_jobs must adopt them.
+        self.seen_through = max([self.seen_through, next_id - 1, *candidates])
         self.scan_end = self.seen_through
         self.active_dirty = True
         if self.cgroup_caps is not None:
@@ -360,13 +361,14 @@ class Server:
             with contextlib.suppress(OSError):
                 sweep_base(self.cgroup_caps, f"sky-mini-{self.key}", leftovers)
 
-    def unfinished_job_ids(self) -> list[int]:
-        """IDs that may be unfinished: the active index plus everything after it."""
+    def unfinished_job_ids(self) -> tuple[list[int], int]:
+        """IDs that may be unfinished (the active index plus everything after it), and the
+        next ID as read when the list was made."""
         active, seen_through = self.store.read_active()
         if not os.path.exists(self.paths.active_index):
             seen_through = 0  # no index: look at every record once
         next_id = self.store.next_id()
-        return sorted(set(active) | set(range(seen_through + 1, next_id)))
+        return sorted(set(active) | set(range(seen_through + 1, next_id))), next_id
 
     # -- the loop ----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import SkyMini, wait_for
+from tests.helpers import SkyMini, has_inotify_fd, wait_for
 
 CONCURRENT_SUBMISSIONS = 100
 
@@ -48,7 +48,12 @@ def test_concurrent_async_submissions_from_cold_get_ids_1_to_n_and_one_server(
     assert "already running" not in log
     status = sky.run("api", "status", "--json", check=True).json()
     assert str(status["pid"]) == started[0]
-    assert sky.run("jobs", "wait", *map(str, printed), timeout=300).code == 0
+    waited = sky.run("jobs", "wait", "--timeout", "240", *map(str, printed), timeout=300)
+    if waited.code != 0:
+        queue = sky.run("jobs", "queue", "--all").out
+        with open(os.path.join(sky.home, "server.log")) as handle:
+            log_tail = handle.read()[-4000:]
+        raise AssertionError(f"{waited}\n{queue}\n{log_tail}")
 
 
 @pytest.mark.parametrize("mechanism", ["inotify", "poll"])
@@ -86,20 +91,6 @@ def test_follower_started_before_the_job_prints_every_line_and_exits_with_its_co
             follower.wait()
     assert out.decode().splitlines() == lines, err
     assert follower.returncode == 5, err
-
-
-def has_inotify_fd(pid: int) -> bool:
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:inotify":
-                return True
-        except OSError:
-            continue
-    return False
 
 
 # -- attached launch in a real terminal ---------------------------------------------------

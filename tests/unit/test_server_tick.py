@@ -260,6 +260,36 @@ def test_restart_marks_running_jobs_lost_and_keeps_pending(tmp_path: Any) -> Non
     assert list(fresh.jobs) == [pending.id]
 
 
+def test_a_job_recorded_while_the_server_reconciles_its_start_is_adopted(tmp_path: Any) -> None:
+    """100 cron CLIs racing a cold start: one records a job while the new server is still
+    looking at the records it found. That job must run (CI once saw it left PENDING)."""
+    server = make_server(str(tmp_path), cpus=1, memory=GiB(1), slots=1)
+    server.cgroup_caps = None
+    server.settings = Settings(disabled=frozenset({"sweep"}))
+    early = submit(server)
+    store_load = server.store.load_job
+    late: list[JobRecord] = []
+
+    def load_while_a_cli_submits(job_id: int) -> JobRecord | None:
+        if not late:  # a racing CLI records its job between the server's reads
+            late.append(submit_record(server.paths))
+        return store_load(job_id)
+
+    server.store.load_job = load_while_a_cli_submits  # type: ignore[method-assign]
+    server.reconcile_previous_instance()
+    server.store.load_job = store_load  # type: ignore[method-assign]
+    server.load_new_jobs()
+    assert sorted(server.jobs) == [early.id, late[0].id]
+
+
+def submit_record(paths: Paths) -> JobRecord:
+    return Store(paths).create_job(
+        lambda i: JobRecord(
+            id=i, task={"run": "true"}, name="racing", log_path=paths.job_log(i), submitted_at=0.0
+        )
+    )
+
+
 def test_work_arriving_during_an_idle_stop_is_noticed(tmp_path: Any) -> None:
     clock = Clock()
     server = make_server(str(tmp_path), cpus=1, memory=GiB(1), slots=1, idle_minutes=0, clock=clock)
