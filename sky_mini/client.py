@@ -191,6 +191,39 @@ def ensure_server(paths: Paths) -> None:
     wake_server(paths)
 
 
+SERVER_CHECK_SECONDS = 2.0
+"""How often a waiting CLI checks that a server is still there to finish its jobs."""
+
+
+class ServerKeeper:
+    """For a CLI waiting on unfinished jobs: if the server dies meanwhile, start another.
+
+    Without it, ``jobs wait`` on a job whose server was OOM-killed would block forever: the
+    record stays RUNNING until a server reconciles it (KILLED, ``supervisor_lost``) or runs
+    it (PENDING). The check is one non-blocking lock probe every ``SERVER_CHECK_SECONDS``.
+    """
+
+    def __init__(self, paths: Paths, clock: Callable[[], float] = time.monotonic) -> None:
+        self.paths = paths
+        self.clock = clock
+        self.next_check = clock() + SERVER_CHECK_SECONDS
+        # Test-only negative control: a waiter that never replaces a dead server.
+        self.enabled = "revive" not in os.environ.get("SKY_MINI_DISABLE", "").split(",")
+
+    def check(self) -> None:
+        now = self.clock()
+        if not self.enabled or now < self.next_check:
+            return
+        self.next_check = now + SERVER_CHECK_SECONDS
+        if server_running(self.paths):
+            return
+        print(
+            f"sky-mini: the server for {self.paths.home} is gone; starting a new one",
+            file=sys.stderr,
+        )
+        ensure_server(self.paths)
+
+
 def stop_server(paths: Paths, timeout: float) -> int | None:
     """SIGTERM the server and wait for it to exit; return its PID, None if none ran."""
     import signal
@@ -309,13 +342,17 @@ def wait_for_jobs(
 ) -> list[JobRecord]:
     """Block until every job is terminal; raise on timeout.
 
-    Reads records only (never contacts the server) and sleeps on inotify between changes.
+    Reads records and sleeps on inotify between changes; the server is only checked for
+    being alive (see :class:`ServerKeeper`).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = list(dict.fromkeys(job_ids))
     done: dict[int, JobRecord] = {}
+    keeper = ServerKeeper(paths)
     with RecordWatcher(paths, pending) as watcher:
         while True:
+            if pending:
+                keeper.check()
             for job_id in list(pending):
                 if not watcher.changed(job_id):
                     continue
@@ -392,14 +429,18 @@ def follow_job(
     *,
     follow: bool = True,
     tail: int | None = None,
+    keep_server: bool = False,
 ) -> JobRecord:
     """Copy the job's log to ``out`` (from ``tail`` lines back), following until the job ends.
 
     Reads the log file directly and learns the job's end from its record: no load on the
     server, and it works while the server is down. Output is copied as it is appended
     (inotify on the log and on the record; a short poll where inotify is unavailable).
+    With ``keep_server`` (attached launch), a server that dies meanwhile is replaced.
     """
     from sky_mini import follow as following
+
+    keeper = ServerKeeper(paths) if keep_server else None
 
     with RecordWatcher(paths, [job_id]) as records:
         records.changed(job_id)  # note the version before loading it: no change slips by
@@ -420,7 +461,11 @@ def follow_job(
                 nonlocal record
                 if records.changed(job_id):
                     record = load_job(paths, job_id)
-                return record.status.is_terminal
+                if record.status.is_terminal:
+                    return True
+                if keeper is not None:
+                    keeper.check()
+                return False
 
             following.stream_until(stream, records.watcher, finished)
             return record

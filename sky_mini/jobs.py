@@ -107,7 +107,9 @@ def launch(task: Any, source: str, *, detach: bool, as_json: bool) -> int:
         err=True,
     )
     try:
-        final = client.follow_job(paths, record.id, sys.stdout.buffer, follow=True)
+        final = client.follow_job(
+            paths, record.id, sys.stdout.buffer, follow=True, keep_server=True
+        )
     except KeyboardInterrupt:
         click.echo(
             f"\nDetached from job {record.id}; it keeps running. Reattach with: "

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.helpers import SkyMini, marked_pids, pid_alive, wait_for
+from tests.helpers import SkyMini, has_inotify_fd, marked_pids, pid_alive, wait_for
 
 KILL_BOUND_SECONDS = 2.0  # the contract: everything gone within 2 s of the server's death
 
@@ -359,3 +359,36 @@ def test_graceful_shutdown_terms_then_kills_and_exits_0(sky: SkyMini, sig: int) 
     assert sky.job(queued)["status"] == "PENDING"  # kept for the next start
     with open(os.path.join(sky.home, "server.log")) as handle:
         assert "SIGKILL after" in handle.read()
+
+
+@pytest.mark.parametrize("revive", [True, False])
+def test_a_waiting_cli_replaces_a_killed_server_and_gets_its_answer(
+    sky: SkyMini, revive: bool
+) -> None:
+    """`jobs wait` on a job whose server is OOM-killed must end, not block forever.
+
+    The negative control turns the waiter's server check off: the job then stays RUNNING in
+    its record and the same wait can only time out.
+    """
+    if not revive:
+        sky.extra_env["SKY_MINI_DISABLE"] = "revive"
+    assert sky.run("api", "start").code == 0
+    job = launch(sky, PLAIN)
+    sky.wait_job(job, ("RUNNING",))
+    waiter = sky.popen("jobs", "wait", str(job), "--timeout", "10")
+    wait_for(lambda: has_inotify_fd(waiter.pid), message="the waiter to be waiting")
+    old = sky.server_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    _, err = waiter.communicate(timeout=60)
+    if revive:
+        assert waiter.returncode == 1, err
+        assert b"starting a new one" in err
+        record = sky.job(job)
+        assert record["status"] == "KILLED" and record["reason_code"] == "supervisor_lost"
+        new = sky.server_pid()
+        assert new is not None and new != old
+    else:
+        assert b"timed out" in err
+        assert sky.job(job)["status"] == "RUNNING"
+        assert sky.server_pid() is None
