@@ -1,5 +1,6 @@
 # Sourced by scripts/*: make sure .venv exists and holds this checkout with the given extra.
-# Re-installs only when pyproject.toml changed (a stamp file keeps its hash).
+# Re-installs only when pyproject.toml or scripts/constraints.txt changed (a stamp keeps
+# their hash). Versions come from scripts/constraints.txt, so a clean clone is repeatable.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -13,11 +14,12 @@ ensure_venv() {
     fi
     local stamp="$VENV/.sky-mini-$extra.stamp"
     local want
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/constraints.txt" | sha256sum | cut -d' ' -f1)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "==> installing sky-mini${extra:+[$extra]} into $VENV" >&2
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2 || true
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extra:+[$extra]}" >&2
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -c "$ROOT/scripts/constraints.txt" -e "$ROOT${extra:+[$extra]}" >&2
         echo "$want" > "$stamp"
     fi
 }
