@@ -309,6 +309,10 @@ def bench_concurrent(b: Bench) -> None:
             expected = set(range(1, count + 1))
             lost = len(expected - (set(printed) & recorded))
             duplicates = len(printed) - len(set(printed))
+            # Recorded is not enough: every job must also run (a start-up race once left
+            # some PENDING for ever).
+            wait = [*SKY, "jobs", "wait", "--timeout", "120", *map(str, sorted(recorded))]
+            all_ran = subprocess.run(wait, env=home.env, capture_output=True).returncode == 0
             with open(home.paths.server_log) as handle:
                 servers = handle.read().count(" serving (pid ")
             label = f"{count} at once, {'server running' if warm else 'no server (auto-start)'}"
@@ -317,7 +321,10 @@ def bench_concurrent(b: Bench) -> None:
                 section,
                 f"{label}: lost / duplicate / failed",
                 f"{lost} / {duplicates} / {failed}",
-                note=f"IDs 1..{count}: {sorted(printed) == sorted(expected)}; servers: {servers}",
+                note=(
+                    f"IDs 1..{count}: {sorted(printed) == sorted(expected)}; servers: {servers}; "
+                    f"all SUCCEEDED: {all_ran}"
+                ),
             )
 
 
