@@ -362,8 +362,10 @@ class Server:
                 sweep_base(self.cgroup_caps, f"sky-mini-{self.key}", leftovers)
 
     def unfinished_job_ids(self) -> tuple[list[int], int]:
-        """IDs that may be unfinished (the active index plus everything after it), and the
-        next ID as read when the list was made."""
+        """IDs that may be unfinished, and the next ID as read when they were listed.
+
+        The IDs are the active index's plus every ID after its ``seen_through``.
+        """
         active, seen_through = self.store.read_active()
         if not os.path.exists(self.paths.active_index):
             seen_through = 0  # no index: look at every record once
