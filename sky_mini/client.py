@@ -196,32 +196,46 @@ SERVER_CHECK_SECONDS = 2.0
 
 
 class ServerKeeper:
-    """For a CLI waiting on unfinished jobs: if the server dies meanwhile, start another.
+    """For a CLI waiting on unfinished jobs: notice when no server is left to finish them.
 
     Without it, ``jobs wait`` on a job whose server was OOM-killed would block forever: the
     record stays RUNNING until a server reconciles it (KILLED, ``supervisor_lost``) or runs
     it (PENDING). The check is one non-blocking lock probe every ``SERVER_CHECK_SECONDS``.
+    With ``revive`` (``jobs wait``, attached launch) it starts a new server; without it
+    (``jobs logs``, which never starts one) it says once why the job is not moving.
     """
 
-    def __init__(self, paths: Paths, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, paths: Paths, *, revive: bool = True, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.paths = paths
         self.clock = clock
         self.next_check = clock() + SERVER_CHECK_SECONDS
         # Test-only negative control: a waiter that never replaces a dead server.
-        self.enabled = "revive" not in os.environ.get("SKY_MINI_DISABLE", "").split(",")
+        self.revive = revive and "revive" not in os.environ.get("SKY_MINI_DISABLE", "").split(",")
+        self.warned = False
 
     def check(self) -> None:
         now = self.clock()
-        if not self.enabled or now < self.next_check:
+        if now < self.next_check:
             return
         self.next_check = now + SERVER_CHECK_SECONDS
         if server_running(self.paths):
+            self.warned = False
             return
-        print(
-            f"sky-mini: the server for {self.paths.home} is gone; starting a new one",
-            file=sys.stderr,
-        )
-        ensure_server(self.paths)
+        if self.revive:
+            print(
+                f"sky-mini: the server for {self.paths.home} is gone; starting a new one",
+                file=sys.stderr,
+            )
+            ensure_server(self.paths)
+        elif not self.warned:
+            self.warned = True
+            print(
+                f"sky-mini: no server is running for {self.paths.home}, so this job will not "
+                "progress; start one with 'sky-mini api start' (still following)",
+                file=sys.stderr,
+            )
 
 
 def stop_server(paths: Paths, timeout: float) -> int | None:
@@ -436,11 +450,12 @@ def follow_job(
     Reads the log file directly and learns the job's end from its record: no load on the
     server, and it works while the server is down. Output is copied as it is appended
     (inotify on the log and on the record; a short poll where inotify is unavailable).
-    With ``keep_server`` (attached launch), a server that dies meanwhile is replaced.
+    With ``keep_server`` (attached launch), a server that dies meanwhile is replaced;
+    otherwise the follower only says, once, that no server is running.
     """
     from sky_mini import follow as following
 
-    keeper = ServerKeeper(paths) if keep_server else None
+    keeper = ServerKeeper(paths, revive=keep_server)
 
     with RecordWatcher(paths, [job_id]) as records:
         records.changed(job_id)  # note the version before loading it: no change slips by
@@ -463,8 +478,7 @@ def follow_job(
                     record = load_job(paths, job_id)
                 if record.status.is_terminal:
                     return True
-                if keeper is not None:
-                    keeper.check()
+                keeper.check()
                 return False
 
             following.stream_until(stream, records.watcher, finished)
