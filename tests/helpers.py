@@ -235,3 +235,15 @@ class SkyMini:
         ):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(leftover, signal.SIGKILL)
+        remove_cgroups(f"sky-mini-{self.key}")
+
+
+def remove_cgroups(base_name: str) -> None:
+    """Remove this test's job cgroups and their base dirs (a SIGKILLed server leaves them,
+    and only a later start of the same home would sweep them)."""
+    from sky_mini.cgroups import detect_capabilities, remove_base, sweep_base
+
+    caps = detect_capabilities()
+    with contextlib.suppress(OSError, ValueError):
+        sweep_base(caps, base_name)
+        remove_base(caps, base_name)
