@@ -208,11 +208,13 @@ class ServerKeeper:
     def __init__(
         self, paths: Paths, *, revive: bool = True, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        from sky_mini.follow import is_disabled
+
         self.paths = paths
         self.clock = clock
         self.next_check = clock() + SERVER_CHECK_SECONDS
         # Test-only negative control: a waiter that never replaces a dead server.
-        self.revive = revive and "revive" not in os.environ.get("SKY_MINI_DISABLE", "").split(",")
+        self.revive = revive and not is_disabled("revive")
         self.warned = False
 
     def check(self) -> None:
@@ -365,8 +367,7 @@ def wait_for_jobs(
     keeper = ServerKeeper(paths)
     with RecordWatcher(paths, pending) as watcher:
         while True:
-            if pending:
-                keeper.check()
+            keeper.check()
             for job_id in list(pending):
                 if not watcher.changed(job_id):
                     continue

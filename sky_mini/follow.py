@@ -221,10 +221,15 @@ def _load_libc() -> Any:
     return _LIBC
 
 
+def is_disabled(token: str, env: dict[str, str] | None = None) -> bool:
+    """True when the test-only ``SKY_MINI_DISABLE`` list names ``token`` (client side)."""
+    raw = (os.environ if env is None else env).get(DISABLE_ENV, "")
+    return token in {item.strip() for item in raw.split(",")}
+
+
 def inotify_disabled(env: dict[str, str] | None = None) -> bool:
     """True when ``SKY_MINI_DISABLE`` lists ``inotify`` (forces the poll fallback)."""
-    raw = (os.environ if env is None else env).get(DISABLE_ENV, "")
-    return DISABLE_TOKEN in {item.strip() for item in raw.split(",")}
+    return is_disabled(DISABLE_TOKEN, env)
 
 
 def open_watcher(*, use_inotify: bool | None = None) -> PollWatcher:
