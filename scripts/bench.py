@@ -41,6 +41,7 @@ if REPO not in sys.path:
 
 import psutil  # noqa: E402
 
+from sky_mini.cgroups import detect_capabilities, discard_base  # noqa: E402
 from sky_mini.models import JobRecord, JobStatus  # noqa: E402
 from sky_mini.paths import Paths, ensure_dirs  # noqa: E402
 from sky_mini.procs import find_marked_processes, is_same_process, sweep_marked  # noqa: E402
@@ -181,6 +182,7 @@ class Home:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         sweep_marked([f"{self.key}:"])
+        discard_base(detect_capabilities(), f"sky-mini-{self.key}")
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Home:

@@ -553,6 +553,17 @@ def remove_base(caps: CgroupCapabilities, base_name: str) -> None:
             log.warning("cannot remove cgroup %s: %s", base, exc)
 
 
+def discard_base(caps: CgroupCapabilities, base_name: str) -> None:
+    """Kill and remove every group of a home that is going away, and its base dirs.
+
+    For a home no server will start again (a test's, a benchmark's): after a SIGKILLed
+    server, only the next start of the same home would sweep them.
+    """
+    with contextlib.suppress(OSError):
+        sweep_base(caps, base_name)
+    remove_base(caps, base_name)
+
+
 def classify_memory_death(
     limit_bytes: int | None,
     peak_bytes: int | None,

@@ -239,11 +239,7 @@ class SkyMini:
 
 
 def remove_cgroups(base_name: str) -> None:
-    """Remove this test's job cgroups and their base dirs (a SIGKILLed server leaves them,
-    and only a later start of the same home would sweep them)."""
-    from sky_mini.cgroups import detect_capabilities, remove_base, sweep_base
+    """Remove this test's job cgroups and their base dirs (see ``cgroups.discard_base``)."""
+    from sky_mini.cgroups import detect_capabilities, discard_base
 
-    caps = detect_capabilities()
-    with contextlib.suppress(OSError, ValueError):
-        sweep_base(caps, base_name)
-        remove_base(caps, base_name)
+    discard_base(detect_capabilities(), base_name)

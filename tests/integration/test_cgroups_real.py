@@ -25,8 +25,8 @@ from sky_mini.cgroups import (
     JobCgroup,
     classify_memory_death,
     detect_capabilities,
+    discard_base,
     join_cgroup_files,
-    remove_base,
     sweep_base,
 )
 from tests.helpers import wait_for
@@ -123,8 +123,7 @@ def caps() -> CgroupCapabilities:
 def base_name(caps: CgroupCapabilities) -> Iterator[str]:
     name = f"sky-mini-test-{uuid.uuid4().hex[:8]}"
     yield name
-    sweep_base(caps, name)
-    remove_base(caps, name)
+    discard_base(caps, name)
     for own_root in (caps.v1_memory_root, caps.v2_root):
         if own_root is not None:
             assert not os.path.exists(os.path.join(own_root, name)), "cgroup left behind"
@@ -325,3 +324,16 @@ def test_sweep_base_removes_leftovers_and_nothing_else(
 
 def _procs_in(directory: str) -> set[int]:
     return {int(p) for p in Path(directory, "cgroup.procs").read_text().split()}
+
+
+def test_discard_base_kills_and_removes_a_whole_home(
+    caps: CgroupCapabilities, base_name: str, procs: Procs, tmp_path: Path
+) -> None:
+    """What a SIGKILLed server of a home that never starts again leaves: gone in one call."""
+    group = JobCgroup.create(caps, base_name, "job-1", None)
+    _, grandchild_fd = procs.spawn_setsid_tree(tmp_path, group.procs_files())
+    discard_base(caps, base_name)
+    wait_for(lambda: has_exited(grandchild_fd), message="setsid grandchild to die")
+    for own_root in (caps.v1_memory_root, caps.v2_root):
+        if own_root is not None:
+            assert not os.path.exists(os.path.join(own_root, base_name))
