@@ -460,7 +460,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         if "maximum nesting depth" in problem:
-            # libyaml >= 0.2.6 (PyYAML 6.0.4 wheels) stops at depth 1000 while scanning,
+            # libyaml 0.2.6 (in PyYAML 6.0.4 wheels) stops at depth 1000 while scanning,
             # before our own check sees the events: say it the same way either way.
             problem = f"nested more than {MAX_DEPTH} levels deep"
         if mark is not None:
