@@ -16,6 +16,16 @@ from typing import Any
 DEFAULT_TIMEOUT = 30.0
 
 
+class FakeClock:
+    """An injectable clock that moves only when a test sets or advances ``now``."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_for(
     predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, message: str = ""
 ) -> Any:
@@ -235,11 +245,6 @@ class SkyMini:
         ):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(leftover, signal.SIGKILL)
-        remove_cgroups(f"sky-mini-{self.key}")
+        from sky_mini.cgroups import detect_capabilities, discard_base
 
-
-def remove_cgroups(base_name: str) -> None:
-    """Remove this test's job cgroups and their base dirs (see ``cgroups.discard_base``)."""
-    from sky_mini.cgroups import detect_capabilities, discard_base
-
-    discard_base(detect_capabilities(), base_name)
+        discard_base(detect_capabilities(), f"sky-mini-{self.key}")

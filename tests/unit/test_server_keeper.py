@@ -10,14 +10,7 @@ import pytest
 from sky_mini import client
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.state import flocked
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock as Clock
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server.backend import BackendEvent
 from sky_mini.server.main import Capacity, Server
 from sky_mini.state import Store
+from tests.helpers import FakeClock as Clock
 
 MiB = 1024 * 1024
 
@@ -62,14 +63,6 @@ class FakeBackend:
 
     def is_stopped(self) -> bool:
         return True
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_server(tmp: str, *, cpus: float, memory: int, slots: int, **kw: Any) -> Server:
@@ -297,13 +290,5 @@ def test_work_arriving_during_an_idle_stop_is_noticed(tmp_path: Any) -> None:
     assert server.stop_requested == "idle"
     assert not server.work_arrived()
     # A CLI that saw the server still up records a job and wakes it; dispatch is closed.
-    Store(server.paths).create_job(
-        lambda i: JobRecord(
-            id=i,
-            task={"run": "true"},
-            name="late",
-            log_path=server.paths.job_log(i),
-            submitted_at=clock(),
-        )
-    )
+    submit_record(server.paths)
     assert server.work_arrived()

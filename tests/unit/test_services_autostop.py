@@ -12,6 +12,7 @@ from sky_mini import services as svc
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server.controller import Controller, ControllerConfig, decide_autostop
 from sky_mini.spec import ServiceSpec
+from tests.helpers import FakeClock
 
 TEN_MINUTES = 600.0
 T0 = 1_000_000.0
@@ -47,14 +48,6 @@ def test_false_never_stops_and_fractions_are_minutes() -> None:
 
 
 # -- the same decision inside a real Controller object, driven tick by tick ---------------
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

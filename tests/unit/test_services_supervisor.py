@@ -16,6 +16,7 @@ from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server.controller import ControllerConfig
 from sky_mini.server.services import ServicesSupervisor
 from sky_mini.spec import ServiceSpec
+from tests.helpers import FakeClock as Clock
 
 FAKE_PID = 999_999_999  # no such process: psutil lookups just return None
 KILLED_BY_SIGKILL = 9  # raw wait status
@@ -58,14 +59,6 @@ class FakeController:
                 pass
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 Env = tuple[ServicesSupervisor, FakeController, Paths, Clock]
 
 
@@ -74,7 +67,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     paths = Paths(str(tmp_path / "home"))
     ensure_dirs(paths)
     fake = FakeController()
-    clock = Clock()
+    clock = Clock(5000.0)
     supervisor = ServicesSupervisor(
         paths,
         Settings(disabled=frozenset({"sweep"})),
