@@ -73,7 +73,19 @@ def cli() -> None:
 @click.option("--idle-minutes", metavar="MIN|off", help="Stop after this long with no work.")
 @click.option("--executors", type=click.IntRange(min=1), help="Job executors (default: sized).")
 @click.option("--detached", is_flag=True, hidden=True)
-def serve(foreground: bool, idle_minutes: str | None, executors: int | None, detached: bool) -> int:
+@click.option(
+    "--http",
+    "http_listen",
+    metavar="ADDR:PORT",
+    help="Serve /metrics, the JSON API and the dashboard here (e.g. 127.0.0.1:8765).",
+)
+def serve(
+    foreground: bool,
+    idle_minutes: str | None,
+    executors: int | None,
+    detached: bool,
+    http_listen: str | None,
+) -> int:
     """Run the supervisor: in this process with --foreground, else in the background.
 
     A --foreground server never idles out unless --idle-minutes is given. Logs go to stderr
@@ -81,12 +93,14 @@ def serve(foreground: bool, idle_minutes: str | None, executors: int | None, det
     """
     from sky_mini.client import open_home
 
+    if http_listen is not None:
+        check_listen(http_listen)
     paths = open_home()
     if foreground:
         from sky_mini.config import load_settings
         from sky_mini.server.main import run_server
 
-        settings = load_settings(paths)
+        settings = load_settings(paths).with_overrides(http_listen=http_listen)
         return run_server(
             paths,
             settings,
@@ -94,14 +108,28 @@ def serve(foreground: bool, idle_minutes: str | None, executors: int | None, det
             executors=executors,
             detached=detached,
         )
-    return start_background(paths, idle_minutes, executors)
+    return start_background(paths, idle_minutes, executors, http_listen)
 
 
-def start_background(paths: Any, idle_minutes: str | None, executors: int | None) -> int:
+def check_listen(value: str) -> None:
+    from sky_mini.config import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise UsageError(f"--http {exc}") from None
+
+
+def start_background(
+    paths: Any, idle_minutes: str | None, executors: int | None, http_listen: str | None = None
+) -> int:
     from sky_mini.client import start_server
 
     pid, started = start_server(
-        paths, idle_minutes=parse_idle_minutes(idle_minutes), executors=executors
+        paths,
+        idle_minutes=parse_idle_minutes(idle_minutes),
+        executors=executors,
+        http_listen=http_listen,
     )
     if started:
         click.echo(f"sky-mini server started: pid {pid}, log {paths.server_log}")

@@ -104,6 +104,7 @@ def start_server(
     idle_minutes: float | None,
     executors: int | None = None,
     timeout: float = SERVER_START_TIMEOUT_SECONDS,
+    http_listen: str | None = None,
 ) -> tuple[int, bool]:
     """Start a background server unless one runs; return (pid, started_by_us).
 
@@ -115,7 +116,9 @@ def start_server(
             status = wait_for_status(paths, 0.0)
             if status is not None:
                 return int(status["pid"]), False
-            pid = spawn_server(paths, idle_minutes=idle_minutes, executors=executors)
+            pid = spawn_server(
+                paths, idle_minutes=idle_minutes, executors=executors, http_listen=http_listen
+            )
             status = wait_for_healthy(paths, pid, timeout)
             return int(status["pid"]), True
     except LockTimeout:
@@ -125,11 +128,19 @@ def start_server(
         ) from None
 
 
-def spawn_server(paths: Paths, *, idle_minutes: float | None, executors: int | None) -> int:
+def spawn_server(
+    paths: Paths,
+    *,
+    idle_minutes: float | None,
+    executors: int | None,
+    http_listen: str | None = None,
+) -> int:
     argv = [sys.executable, "-m", "sky_mini", "serve", "--foreground", "--detached"]
     argv += ["--idle-minutes", "off" if idle_minutes is None else f"{idle_minutes:g}"]
     if executors is not None:
         argv += ["--executors", str(executors)]
+    if http_listen is not None:
+        argv += ["--http", http_listen]
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
     log_fd = os.open(paths.server_log, flags, 0o600)
     try:

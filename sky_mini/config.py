@@ -16,6 +16,8 @@ Known keys (anything else is rejected with the file and key named)::
     services:
       controller:
         idle_minutes: 10        # the services controller stops this long after the last service
+    http:
+      listen: null              # e.g. 127.0.0.1:8765: metrics, JSON API and dashboard (off)
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ from sky_mini.units import parse_size
 
 DISABLE_ENV = "SKY_MINI_DISABLE"
 DISABLE_CHOICES = frozenset(
-    {"cgroup", "subreaper", "sweep", "pdeathsig", "pipe", "oom_score", "reap", "inotify", "revive"}
+    {
+        "cgroup",
+        "subreaper",
+        "sweep",
+        "pdeathsig",
+        "pipe",
+        "oom_score",
+        "reap",
+        "inotify",
+        "revive",
+        "http_deadline",
+    }
 )
 
 _SCHEMA: dict[str, dict[str, Any]] = {
@@ -39,6 +52,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "limits": {"memory": None},
     "resources": {"cpus": None, "memory": None},
     "services": {"controller": {"idle_minutes": None}},
+    "http": {"listen": None},
 }
 
 
@@ -52,6 +66,7 @@ class Settings:
     cpus: float | None = None
     memory_bytes: int | None = None
     controller_idle_minutes: float | None = 10.0
+    http_listen: str | None = None  # "HOST:PORT" (validated by parse_listen)
     disabled: frozenset[str] = frozenset()
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -74,6 +89,7 @@ def load_settings(paths: Paths, env: dict[str, str] | None = None) -> Settings:
         controller_idle_minutes=_minutes(
             raw, ("services", "controller", "idle_minutes"), 10.0, where
         ),
+        http_listen=_listen(raw, ("http", "listen"), where),
         disabled=parse_disabled(source.get(DISABLE_ENV, "")),
     )
     grace = source.get("SKY_MINI_KILL_GRACE_SECONDS")
@@ -104,6 +120,37 @@ def parse_disabled(value: str) -> frozenset[str]:
             f"allowed: {', '.join(sorted(DISABLE_CHOICES))}"
         )
     return items
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); ValueError says what is wrong.
+
+    Port 0 asks the kernel for a free port (``api status`` shows the one chosen).
+    """
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT; use e.g. 127.0.0.1:8765")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+    if not host or any(c.isspace() or c in "/[]@" for c in host):
+        raise ValueError(f"{value!r}: {host!r} is not a host name or IP address")
+    return host, int(port_text)
+
+
+def _listen(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> str | None:
+    value = _lookup(raw, keys)
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be HOST:PORT, e.g. 127.0.0.1:8765")
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise UsageError(f"{where}: key '{'.'.join(keys)}': {exc}") from None
+    return value.strip()
 
 
 def _read_config(path: str) -> dict[str, Any]:

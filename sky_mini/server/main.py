@@ -145,6 +145,7 @@ class Server:
         self.capacity = Capacity(cpus=1.0, memory_bytes=1)
         self.details: dict[str, Any] = {}
         self.services: Any = None  # sky_mini.server.services.ServicesSupervisor
+        self.http: Any = None  # sky_mini.server.http_component.HttpSupervisor (--http)
 
     # -- start -----------------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class Server:
         self.start_backend()
         self.load_new_jobs()
         self.start_services()
+        self.start_http()
         self.write_status(force=True)
         log.info(
             "sky-mini %s serving (pid %d, home %s, %d job executor(s))",
@@ -302,6 +304,24 @@ class Server:
             memory_mechanism=self.memory_mechanism,
             clock=self.clock,
         )
+
+    def start_http(self) -> None:
+        """The ``sky-mini: http`` component, when ``--http`` / ``http.listen`` asks for it."""
+        if not self.settings.http_listen:
+            return
+        from sky_mini.server.http_component import HttpSupervisor
+
+        self.http = HttpSupervisor(
+            self.paths.home,
+            self.settings.http_listen,
+            self.settings.disabled,
+            selector=self.selector,
+        )
+        self.http.maintain(self.clock())
+
+    def maintain_http(self, now: float) -> None:
+        if self.http is not None and self.http.maintain(now):
+            self.status_dirty = True
 
     def backend_components(self) -> list[dict[str, Any]]:
         return self.backend.components() if self.backend is not None else []
@@ -418,6 +438,7 @@ class Server:
         self.handle_intents(now)
         self.maintain_components()
         self.reconcile_services(now)
+        self.maintain_http(now)
         self.dispatch_pending(now)
         self.check_autostop(now)
         self.prune_history(now)
@@ -473,11 +494,15 @@ class Server:
                     self.apply_event(event, self.clock())
             if self.services is not None:
                 self.services.child_exited(pid, status)
+            if self.http is not None:
+                self.http.child_exited(pid, status, self.clock())
 
     def own_child_pids(self) -> list[int]:
         pids = [c["pid"] for c in self.backend_components() if c.get("pid")]
         if self.services is not None:
             pids += [c["pid"] for c in self.services.components() if c.get("pid")]
+        if self.http is not None:
+            pids += [c["pid"] for c in self.http.components() if c.get("pid")]
         return pids
 
     def handle_backend_events(self, now: float) -> None:
@@ -702,6 +727,8 @@ class Server:
             )
         if self.services is not None:
             self.services.shutdown(grace)
+        if self.http is not None:
+            self.http.shutdown()
         if self.backend is not None:
             self.backend.shutdown(grace)
         self.status_dirty = True
@@ -720,7 +747,8 @@ class Server:
             log.warning("executors did not stop in time: killing them")
             backend.force_kill()
         services_done = self.services is None or self.services.is_stopped()
-        return backend.is_stopped() and services_done
+        http_done = self.http is None or self.http.is_stopped()
+        return backend.is_stopped() and services_done and http_done
 
     def cleanup(self) -> None:
         """Record what is left and release everything (the lock last)."""
@@ -807,6 +835,8 @@ class Server:
         components = self.backend_components()
         if self.services is not None:
             components.extend(self.services.components())
+        if self.http is not None:
+            components.extend(self.http.components())
         status = {
             "schema": 1,
             "state": state,
