@@ -1,7 +1,8 @@
 """``sky-mini: http`` as a tied child: bind, tell the server the URL, serve until told to stop.
 
 It stops when the command pipe reaches EOF (the server is gone or shutting down), on an
-``exit`` command, or on SIGTERM (also its parent-death signal).
+``exit`` command, or on SIGTERM (also its parent-death signal). ``SKY_MINI_DISABLE=pipe``
+(with ``pdeathsig``) is the test-only negative control that lets it outlive the server.
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ def http_main(config: HttpConfig, cmd_fd: int, evt_fd: int) -> int:
                 signals.drain()
             if cmd_fd in ready:
                 messages = commands.read_messages()
-                if commands.eof or any(m.get("op") == "exit" for m in messages):
+                if any(m.get("op") == "exit" for m in messages):
                     break
+                if commands.eof:
+                    if "pipe" not in config.disabled:
+                        break
+                    server.selector.unregister(cmd_fd)  # test-only: ignore the server's death
     finally:
         server.close_all()
         signals.close()
