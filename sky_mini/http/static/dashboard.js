@@ -99,7 +99,8 @@ function renderJobs(jobs) {
       el("td", { cls: "reason" }, [
         job.reason_code ? el("span", { cls: "code", text: job.reason_code }) : null,
         job.reason || ""]),
-      el("td", { cls: "num", text: seconds(job.duration_seconds) }),
+      el("td", { cls: "num", text: seconds(job.duration_seconds ??
+        (job.started_at ? Date.now() / 1000 - job.started_at : null)) }),
       memoryCell(job),
     ]);
     if (job.id === selectedJob) row.classList.add("selected");
