@@ -47,6 +47,9 @@ from sky_mini.paths import Paths, ensure_dirs  # noqa: E402
 from sky_mini.procs import find_marked_processes, is_same_process, sweep_marked  # noqa: E402
 from sky_mini.state import Store, atomic_write_bytes  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_http  # noqa: E402
+
 BIN = os.path.dirname(sys.executable)
 SKY = (
     [os.path.join(BIN, "sky-mini")]
@@ -709,6 +712,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "start": bench_start_status_queue,
     "kill9": bench_kill9,
     "followers": bench_followers,
+    "http": lambda b: bench_http.run(b, Home, footprint),
 }
 
 
