@@ -66,7 +66,8 @@ class Exposition:
         self.family(name, "histogram", help_text)
         for bound in (*buckets, math.inf):
             count = sum(1 for v in values if v <= bound)
-            self.sample(f"{name}_bucket", count, {"le": number(bound)})
+            le = "+Inf" if math.isinf(bound) else repr(bound)  # as client libraries write it
+            self.sample(f"{name}_bucket", count, {"le": le})
         self.sample(f"{name}_sum", sum(values))
         self.sample(f"{name}_count", len(values))
 

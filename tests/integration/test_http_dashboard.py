@@ -86,7 +86,9 @@ def start_service(sky: SkyMini) -> None:
 
 
 def job_row(dom: str, job_id: int) -> str:
-    match = re.search(rf'<tr data-job="{job_id}" data-status="([A-Z_]+)"[^>]*>(.*?)</tr>', dom, re.S)
+    match = re.search(
+        rf'<tr data-job="{job_id}" data-status="([A-Z_]+)"[^>]*>(.*?)</tr>', dom, re.S
+    )
     assert match, f"job {job_id} is not in the rendered queue"
     return f"{match.group(1)} {html.unescape(re.sub(r'<[^>]+>', ' ', match.group(2)))}"
 
