@@ -114,6 +114,12 @@ def status_text(report: dict[str, Any]) -> str:
         table(("COMPONENT", "KIND", "PID", "STATE", "JOB", "RSS", "UPTIME", "RESTARTS"), rows)
     )
     for c in report.get("components", []):
+        if c.get("kind") == "http":
+            lines.append(
+                f"http: {c['url']} (/metrics, /api, dashboard)"
+                if c.get("url")
+                else f"http: not listening on {c.get('listen')}: {c.get('error') or c['state']}"
+            )
         if c.get("autostop_in_seconds") is not None:
             lines.append(
                 f"{c['name']}: no service up, autostop in "

@@ -252,6 +252,7 @@ def test_http_is_restarted_when_it_dies_and_dies_with_the_server(sky: SkyMini) -
     http_url(sky)
     first = http_row(sky)
     assert first["state"] == "running" and first["restarts"] == 0
+    assert f"http: {first['url']} (/metrics, /api, dashboard)" in sky.run("api", "status").out
     assert same_process(first["pid"], first["create_time"])
     os.kill(first["pid"], signal.SIGKILL)  # our server's own child
     wait_for(lambda: http_row(sky)["restarts"] == 1 and http_row(sky)["url"], 30, "restart")
@@ -308,4 +309,5 @@ def test_a_taken_port_is_reported_in_api_status(sky: SkyMini) -> None:
 
         wait_for(reported, 30, "the bind error in api status")
         result = sky.run("api", "status")
-        assert result.code == 4 and "http" in result.out  # degraded: it should run and cannot
+        assert result.code == 4, result  # degraded: it should run and cannot
+        assert f"http: not listening on 127.0.0.1:{port}: cannot listen" in result.out
