@@ -56,6 +56,8 @@ def http_main(config: HttpConfig, cmd_fd: int, evt_fd: int) -> int:
                         break
                     server.selector.unregister(cmd_fd)  # test-only: ignore the server's death
     finally:
+        with contextlib.suppress(Exception):  # sky_mini_up 0, not a stale 1, once we are gone
+            server.write_metrics_file(final=True)
         server.close_all()
         signals.close()
         with contextlib.suppress(OSError):

@@ -179,10 +179,10 @@ def render_services(out: Exposition, services: dict[str, Any] | None) -> None:
     )
 
 
-def collect(paths: Paths, index: JobIndex, now: float) -> str:
-    """Read the home and render the exposition."""
+def collect(paths: Paths, index: JobIndex, now: float, *, server_gone: bool = False) -> str:
+    """Read the home and render the exposition (``server_gone``: as if no server ran)."""
     from sky_mini.services import build_status
 
-    status = read_server_status(paths)
+    status = None if server_gone else read_server_status(paths)
     services = build_status(paths, status, now)
     return render_metrics(paths, index.refresh(), status, services)

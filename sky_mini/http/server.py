@@ -313,13 +313,17 @@ class HttpServer:
             return asset
         return error(404, f"no such page {path[:80]!r}; try / or /metrics")
 
-    def write_metrics_file(self) -> None:
-        """``$SKY_MINI_HOME/metrics.prom`` for node_exporter's textfile collector."""
+    def write_metrics_file(self, *, final: bool = False) -> None:
+        """``$SKY_MINI_HOME/metrics.prom`` for node_exporter's textfile collector.
+
+        The ``final`` write, as this component stops (with the server, or killed by the
+        parent-death signal), says ``sky_mini_up 0``: the file outlives us.
+        """
         from sky_mini.state import atomic_write_bytes
 
         self.next_metrics_write = time.monotonic() + METRICS_FILE_SECONDS
         try:
-            text = collect(self.paths, self.index, time.time())
+            text = collect(self.paths, self.index, time.time(), server_gone=final)
             atomic_write_bytes(
                 os.path.join(self.paths.home, METRICS_FILE), text.encode(), durable=False
             )

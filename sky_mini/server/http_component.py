@@ -30,13 +30,14 @@ Spawner = Callable[[str, str, frozenset[str]], tuple[int, int, int]]
 
 
 def spawn_http(home: str, listen: str, disabled: frozenset[str]) -> tuple[int, int, int]:
+    import functools
+
     from sky_mini.http.component import HttpConfig, http_main
     from sky_mini.server.tied import fork_tied
 
     config = HttpConfig(home=home, listen=listen, disabled=disabled)
-    return fork_tied(
-        "sky-mini: http", disabled, lambda cmd_fd, evt_fd: http_main(config, cmd_fd, evt_fd)
-    )
+    # A partial of a module-level function: picklable, should fork_tied ever spawn instead.
+    return fork_tied("sky-mini: http", disabled, functools.partial(http_main, config))
 
 
 class HttpSupervisor:
@@ -173,6 +174,12 @@ class HttpSupervisor:
         self.close_pipes()
         if self.alive and procs.is_same_process(self.pid, self.create_time):
             procs.signal_pid(self.pid, signal.SIGTERM)
+
+    def force_kill(self) -> None:
+        """Shutdown took too long (a handler stuck on a slow filesystem?): SIGKILL it."""
+        if self.alive and procs.is_same_process(self.pid, self.create_time):
+            log.warning("http component (pid %d) did not stop in time: killing it", self.pid)
+            procs.signal_pid(self.pid, signal.SIGKILL)
 
     def is_stopped(self) -> bool:
         return not self.alive

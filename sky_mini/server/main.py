@@ -746,6 +746,8 @@ class Server:
         if now > deadline and isinstance(backend, LocalBackend) and not backend.is_stopped():
             log.warning("executors did not stop in time: killing them")
             backend.force_kill()
+        if now > deadline and self.http is not None:
+            self.http.force_kill()
         services_done = self.services is None or self.services.is_stopped()
         http_done = self.http is None or self.http.is_stopped()
         return backend.is_stopped() and services_done and http_done

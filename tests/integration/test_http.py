@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -156,6 +157,27 @@ def test_metrics_parse_and_the_textfile_is_written(sky: SkyMini, loopback: str) 
     wait_for(textfile_has_all_three, 40, "metrics.prom with the three finished jobs")
     leftovers = [n for n in os.listdir(sky.home) if n.endswith(".tmp")]
     assert leftovers == []
+
+    sky.run("api", "stop", check=True)  # the file outlives the server: it must say so
+    with open(path) as handle:
+        assert samples(handle.read())[("sky_mini_up", ())] == 0
+
+
+def test_the_cron_path_never_imports_the_http_component(sky: SkyMini) -> None:
+    sky.serve_foreground("--http", "127.0.0.1:0")
+    env = dict(sky.env, PYTHONPROFILEIMPORTTIME="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "sky_mini", "jobs", "launch", "--async", "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "sky_mini.jobs" in imported  # the check does see the modules the CLI loads
+    assert not [m for m in imported if m.startswith(("sky_mini.http", "sky_mini.server"))]
+    assert "psutil" not in imported
 
 
 def http_status(url: str) -> dict[str, object]:
