@@ -214,8 +214,6 @@ class HttpServer:
         conn.outbuf = encode_response(response, head_only=head_only)
         conn.writing = True
         conn.inbuf.clear()
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_RD)
         self.selector.modify(conn.sock, selectors.EVENT_WRITE, "conn")
         self.write_to(conn)
 

@@ -39,6 +39,8 @@ CHROMIUM_FLAGS = [
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
+        if os.environ.get("CI"):  # CI runs as root, so ./scripts/test must have installed it
+            pytest.fail("chromium is missing in CI: ./scripts/test could not install it")
         pytest.skip("chromium is not installed (./scripts/test installs it when run as root)")
     return found
 
