@@ -295,9 +295,14 @@ def submit_unique_job(
     paths: Paths, task: dict[str, Any], name: str, *, fields: dict[str, Any] | None = None
 ) -> tuple[JobRecord, bool]:
     """``--unique``: (the unfinished job named ``name``, True), or (a new record, False)."""
+    from sky_mini.follow import is_disabled
+
     store = Store(paths)
     build = record_builder(paths, task, name, None, fields)
-    return with_store_errors(paths, lambda: store.create_unique_job(name, build))
+    locked = not is_disabled("unique_lock")
+    return with_store_errors(
+        paths, lambda: store.create_unique_job(name, build, check_under_lock=locked)
+    )
 
 
 def record_builder(

@@ -196,15 +196,19 @@ class Store:
             return self._create_locked(build)
 
     def create_unique_job(
-        self, name: str, build: Callable[[int], JobRecord]
+        self, name: str, build: Callable[[int], JobRecord], *, check_under_lock: bool = True
     ) -> tuple[JobRecord, bool]:
         """``--unique``: (the unfinished job named ``name``, True) if there is one, else
         (a new record, False). Check and create happen under the ID lock, so concurrent
         callers with one name create exactly one job. Reads only unfinished records: the
         server's active index plus the IDs it has not seen yet, not the whole history.
+
+        ``check_under_lock=False`` is the test-only negative control (``SKY_MINI_DISABLE=
+        unique_lock``): the check moves before the lock and the race comes back.
         """
+        early = None if check_under_lock else self.find_unfinished(name)
         with flocked(self.paths.id_lock):
-            existing = self.find_unfinished(name)
+            existing = self.find_unfinished(name) if check_under_lock else early
             if existing is not None:
                 return existing, True
             return self._create_locked(build), False
