@@ -39,8 +39,19 @@ from sky_mini.units import parse_size
 
 DISABLE_ENV = "SKY_MINI_DISABLE"
 DISABLE_CHOICES = frozenset(
-    {"cgroup", "subreaper", "sweep", "pdeathsig", "pipe", "oom_score", "reap", "inotify", "revive",
-     "unique_lock"}
+    {
+        "cgroup",
+        "subreaper",
+        "sweep",
+        "pdeathsig",
+        "pipe",
+        "oom_score",
+        "reap",
+        "inotify",
+        "revive",
+        "unique_lock",
+        "hook_detach",
+    }
 )
 
 _ANY_NAMES: dict[str, Any] = {}  # a mapping whose keys the user names (queues)

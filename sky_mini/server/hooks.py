@@ -42,12 +42,16 @@ class HookRunner:
         timeout: float,
         log_path: str,
         marker_prefix: str,
+        detach: bool = True,
     ) -> None:
         self.commands = {"on_failure": on_failure, "on_finish": on_finish}
         self.timeout = timeout
         self.log_path = log_path
         self.marker_prefix = marker_prefix
         self.running: dict[int, RunningHook] = {}
+        # Test-only negative control (SKY_MINI_DISABLE=hook_detach): the loop waits for
+        # each hook, as a naive runner would, and a hanging hook stalls dispatch.
+        self.detach = detach
 
     def job_ended(self, record: JobRecord, now: float) -> None:
         """Start the hooks that apply to this finished job (never blocks)."""
@@ -111,6 +115,14 @@ class HookRunner:
             os.close(out)
         self.running[proc.pid] = RunningHook(proc, record.id, kind, now + self.timeout)
         log.info("hook %s for job %d started (pid %d)", kind, record.id, proc.pid)
+        if not self.detach:
+            try:
+                proc.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                self.running[proc.pid].killed = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            self.report(self.running.pop(proc.pid), proc.returncode)
 
     def child_exited(self, pid: int, status: int) -> bool:
         """The server reaped ``pid``; True if it was a hook (its result is logged)."""
@@ -119,6 +131,10 @@ class HookRunner:
             return False
         code = os.waitstatus_to_exitcode(status)
         hook.proc.returncode = code  # reaped already: tell Popen, so it never waits
+        self.report(hook, code)
+        return True
+
+    def report(self, hook: RunningHook, code: int) -> None:
         if hook.killed:
             log.warning(
                 "hook %s for job %d killed after %gs (hooks.timeout); see %s",
@@ -137,7 +153,6 @@ class HookRunner:
             )
         else:
             log.info("hook %s for job %d done", hook.kind, hook.job_id)
-        return True
 
     def enforce_timeouts(self, now: float) -> None:
         """Kill the process group of every hook past its deadline (reaped on a later tick).

@@ -154,6 +154,7 @@ class Server:
             timeout=settings.hook_timeout_seconds,
             log_path=paths.hooks_log,
             marker_prefix=f"{self.key}:{self.instance_id}",
+            detach="hook_detach" not in settings.disabled,
         )
 
     # -- start -----------------------------------------------------------------------
