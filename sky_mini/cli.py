@@ -238,13 +238,15 @@ def jobs_launch(
     """
     from sky_mini.client_batch import BatchOptions
     from sky_mini.jobs import build_task, launch
-    from sky_mini.schedule import start_time
 
     if as_json and not detach:
         raise UsageError("--json goes with --async (attached jobs stream their output)")
-    options = BatchOptions(
-        unique=unique, queue=queue, scheduled_at=start_time(at, in_, time.time())
-    )
+    scheduled_at = None
+    if at is not None or in_ is not None:
+        from sky_mini.schedule import start_time  # lazily: datetime costs ~3 ms
+
+        scheduled_at = start_time(at, in_, time.time())
+    options = BatchOptions(unique=unique, queue=queue, scheduled_at=scheduled_at)
     task_spec, source = build_task(
         args, name=name, envs=envs, cpus=cpus, memory=memory, timeout=timeout, retries=retries
     )
