@@ -763,7 +763,9 @@ class Server:
             log.warning("executors did not stop in time: killing them")
             backend.force_kill()
         services_done = self.services is None or self.services.is_stopped()
-        return backend.is_stopped() and services_done
+        # A hook already sending its mail may finish, within the same bound as the jobs.
+        hooks_done = not self.hooks.running or now > deadline
+        return backend.is_stopped() and services_done and hooks_done
 
     def cleanup(self) -> None:
         """Record what is left and release everything (the lock last)."""
