@@ -362,3 +362,32 @@ def test_unique_reads_only_unfinished_records(tmp_path: Any) -> None:
     os.unlink(paths.job_record(1))  # an old record the check must not need
     found = store.find_unfinished("n")
     assert found is not None and found.id == 5
+
+
+# -- hooks ------------------------------------------------------------------------------
+
+
+def test_hook_timeout_is_judged_by_the_loops_clock(tmp_path: Any) -> None:
+    from sky_mini.server.hooks import HookRunner
+
+    runner = HookRunner(
+        on_failure="exec sleep 100",
+        on_finish=None,
+        timeout=30.0,
+        log_path=os.path.join(str(tmp_path), "hooks.log"),
+        marker_prefix="test-hooks",
+    )
+    job = JobRecord(id=3, task={}, name="n", log_path="", submitted_at=0.0, status=JobStatus.FAILED)
+    runner.job_ended(job, now=1000.0)
+    (pid,) = runner.pids()
+    runner.enforce_timeouts(1029.9)
+    assert not runner.running[pid].killed  # not yet: the deadline is 1030
+    runner.enforce_timeouts(1030.0)
+    _, status = os.waitpid(pid, 0)  # what the server's reap_children does
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+    assert runner.child_exited(pid, status) and runner.pids() == []
+    success = JobRecord(
+        id=4, task={}, name="n", log_path="", submitted_at=0.0, status=JobStatus.SUCCEEDED
+    )
+    runner.job_ended(success, now=1000.0)
+    assert runner.pids() == []  # on_failure only runs for failures
