@@ -232,6 +232,11 @@ def jobs() -> None:
 @click.option("--timeout", help="Wall-clock limit, e.g. 30m.")
 @click.option("--async", "detach", is_flag=True, help="Return once recorded; print the ID.")
 @click.option("--json", "as_json", is_flag=True, help="With --async: print a JSON object.")
+@click.option("--retries", type=int, metavar="N", help="Run a failed job again, up to N times.")
+@click.option("--unique", is_flag=True, help="If a job of this name is unfinished, reuse it.")
+@click.option("--queue", metavar="NAME", help="Run in this queue (config 'queues').")
+@click.option("--at", "at", metavar="TIME", help="Start at HH:MM or an ISO time (local).")
+@click.option("--in", "in_", metavar="DURATION", help="Start after this long, e.g. 10m.")
 def jobs_launch(
     args: tuple[str, ...],
     name: str | None,
@@ -241,6 +246,11 @@ def jobs_launch(
     timeout: str | None,
     detach: bool,
     as_json: bool,
+    retries: int | None,
+    unique: bool,
+    queue: str | None,
+    at: str | None,
+    in_: str | None,
 ) -> int:
     """Run a task file or a command as a job.
 
@@ -251,26 +261,38 @@ def jobs_launch(
     Examples:
       sky-mini jobs launch -- sh -c 'echo hi; exit 3'
       sky-mini jobs launch --async --memory 512M --timeout 30m nightly.yaml
+      sky-mini jobs launch --async --unique --retries 2 --queue nightly etl.yaml
+      sky-mini jobs launch --async --at 03:00 -- ./backup.sh
     """
+    from sky_mini.client_batch import BatchOptions
     from sky_mini.jobs import build_task, launch
 
     if as_json and not detach:
         raise UsageError("--json goes with --async (attached jobs stream their output)")
+    scheduled_at = None
+    if at is not None or in_ is not None:
+        from sky_mini.schedule import start_time  # lazily: datetime costs ~3 ms
+
+        scheduled_at = start_time(at, in_, time.time())
+    options = BatchOptions(unique=unique, queue=queue, scheduled_at=scheduled_at)
     task_spec, source = build_task(
-        args, name=name, envs=envs, cpus=cpus, memory=memory, timeout=timeout
+        args, name=name, envs=envs, cpus=cpus, memory=memory, timeout=timeout, retries=retries
     )
-    return launch(task_spec, source, detach=detach, as_json=as_json)
+    return launch(task_spec, source, detach=detach, as_json=as_json, options=options)
 
 
 @jobs.command("queue", context_settings=CONTEXT)
 @click.option("--all", "show_all", is_flag=True, help="Every job, newest first (see --limit).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records.")
 @click.option("--limit", type=click.IntRange(min=1), help="How many finished jobs to show.")
-def jobs_queue(show_all: bool, as_json: bool, limit: int | None) -> int:
+@click.option("--queue", metavar="NAME", help="Only the jobs of this queue.")
+def jobs_queue(show_all: bool, as_json: bool, limit: int | None, queue: str | None) -> int:
     """List unfinished jobs and the most recent finished ones."""
     from sky_mini.client import list_jobs, open_home
 
     records = list_jobs(open_home(), show_all=show_all, limit=limit)
+    if queue is not None:
+        records = [r for r in records if r.queue == queue]
     if as_json:
         from sky_mini.output import print_json
 
@@ -327,10 +349,13 @@ def jobs_wait(job_ids: tuple[int, ...], timeout: float | None) -> int:
     return wait_jobs(list(job_ids), timeout)
 
 
+from sky_mini.cli_batch import BATCH_COMMANDS  # noqa: E402
 from sky_mini.cli_services import down, services  # noqa: E402
 
 cli.add_command(services)
 cli.add_command(down)
+for _command in BATCH_COMMANDS:
+    jobs.add_command(_command)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from sky_mini.errors import NoServerError, SkyMiniError, UsageError
 from sky_mini.models import JobRecord, JobStatus
@@ -26,6 +26,7 @@ POLL_SECONDS = 0.05
 FOLLOW_POLL_SECONDS = 0.1
 DEFAULT_QUEUE_LIMIT = 20
 MAX_JOB_ID_DIGITS = 18  # fits in a signed 64-bit integer
+_T = TypeVar("_T")
 
 
 def open_home(*, create: bool = True) -> Paths:
@@ -287,9 +288,42 @@ def tail_text(path: str, lines: int) -> str:
 # -- jobs ----------------------------------------------------------------------------------
 
 
-def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
+def submit_job(
+    paths: Paths,
+    task: dict[str, Any],
+    name: str,
+    *,
+    env: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
+) -> JobRecord:
+    """Durably record a PENDING job (``fields``: more record fields, e.g. ``queue``)."""
     store = Store(paths)
-    env = dict(os.environ)
+    build = record_builder(paths, task, name, env, fields)
+    return with_store_errors(paths, lambda: store.create_job(build))
+
+
+def submit_unique_job(
+    paths: Paths, task: dict[str, Any], name: str, *, fields: dict[str, Any] | None = None
+) -> tuple[JobRecord, bool]:
+    """``--unique``: (the unfinished job named ``name``, True), or (a new record, False)."""
+    from sky_mini.follow import is_disabled
+
+    store = Store(paths)
+    build = record_builder(paths, task, name, None, fields)
+    locked = not is_disabled("unique_lock")
+    return with_store_errors(
+        paths, lambda: store.create_unique_job(name, build, check_under_lock=locked)
+    )
+
+
+def record_builder(
+    paths: Paths,
+    task: dict[str, Any],
+    name: str,
+    env: dict[str, str] | None,
+    fields: dict[str, Any] | None,
+) -> Callable[[int], JobRecord]:
+    job_env = dict(os.environ) if env is None else dict(env)
     now = time.time()
 
     def build(job_id: int) -> JobRecord:
@@ -299,11 +333,17 @@ def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
             name=name,
             log_path=paths.job_log(job_id),
             submitted_at=now,
-            env=env,
+            env=job_env,
+            **(fields or {}),
         )
 
+    return build
+
+
+def with_store_errors(paths: Paths, create: Callable[[], _T]) -> _T:
+    """Run ``create``; a full or read-only disk becomes a user error (nothing recorded)."""
     try:
-        return store.create_job(build)
+        return create()
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise SkyMiniError(

@@ -8,6 +8,14 @@ Known keys (anything else is rejected with the file and key named)::
       kill_grace_seconds: 10    # SIGTERM -> SIGKILL grace for cancel and shutdown
     jobs:
       retention_days: 30        # finished jobs older than this are pruned with their logs
+      retry_backoff_seconds: 1  # --retries: wait 1 s, 2 s, 4 s ... between attempts
+      retry_backoff_max_seconds: 300   # ... never longer than this
+    queues:                     # --queue NAME: at most `parallel` of its jobs run at once
+      NAME: {parallel: 1}
+    hooks:                      # run by the server when a job ends (SKY_MINI_JOB_* env)
+      on_failure: null          # a command, e.g. mail -s "job $SKY_MINI_JOB_ID failed" me
+      on_finish: null
+      timeout: 60               # seconds; a hook still running then is killed
     limits:
       memory: auto              # auto | cgroup | watchdog: how per-job memory limits are enforced
     resources:
@@ -23,7 +31,8 @@ Known keys (anything else is rejected with the file and key named)::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sky_mini.errors import UsageError
@@ -43,12 +52,23 @@ DISABLE_CHOICES = frozenset(
         "inotify",
         "revive",
         "http_deadline",
+        "unique_lock",
+        "hook_detach",
     }
 )
 
+_ANY_NAMES: dict[str, Any] = {}  # a mapping whose keys the user names (queues)
+QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 _SCHEMA: dict[str, dict[str, Any]] = {
     "server": {"idle_minutes": None, "executors": None, "kill_grace_seconds": None},
-    "jobs": {"retention_days": None},
+    "jobs": {
+        "retention_days": None,
+        "retry_backoff_seconds": None,
+        "retry_backoff_max_seconds": None,
+    },
+    "queues": _ANY_NAMES,
+    "hooks": {"on_failure": None, "on_finish": None, "timeout": None},
     "limits": {"memory": None},
     "resources": {"cpus": None, "memory": None},
     "services": {"controller": {"idle_minutes": None}},
@@ -68,6 +88,12 @@ class Settings:
     controller_idle_minutes: float | None = 10.0
     http_listen: str | None = None  # "HOST:PORT" (validated by parse_listen)
     disabled: frozenset[str] = frozenset()
+    retry_backoff_seconds: float = 1.0
+    retry_backoff_max_seconds: float = 300.0
+    queues: dict[str, int] = field(default_factory=dict)  # queue name -> parallel
+    hook_on_failure: str | None = None
+    hook_on_finish: str | None = None
+    hook_timeout_seconds: float = 60.0
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -91,6 +117,12 @@ def load_settings(paths: Paths, env: dict[str, str] | None = None) -> Settings:
         ),
         http_listen=_listen(raw, ("http", "listen"), where),
         disabled=parse_disabled(source.get(DISABLE_ENV, "")),
+        retry_backoff_seconds=_number(raw, ("jobs", "retry_backoff_seconds"), 1.0, where),
+        retry_backoff_max_seconds=_number(raw, ("jobs", "retry_backoff_max_seconds"), 300.0, where),
+        queues=_queues(raw, where),
+        hook_on_failure=_command(raw, ("hooks", "on_failure"), where),
+        hook_on_finish=_command(raw, ("hooks", "on_finish"), where),
+        hook_timeout_seconds=_number(raw, ("hooks", "timeout"), 60.0, where),
     )
     grace = source.get("SKY_MINI_KILL_GRACE_SECONDS")
     if grace:
@@ -177,6 +209,8 @@ def _check_keys(data: dict[str, Any], schema: dict[str, Any], path: str, prefix:
         if key not in schema:
             allowed = ", ".join(f"{prefix}{k}" for k in schema)
             raise UsageError(f"{path}: unknown key '{dotted}'; allowed: {allowed}")
+        if schema[key] is _ANY_NAMES:
+            continue  # checked by its own parser
         if isinstance(schema[key], dict):
             if value is None:
                 continue
@@ -219,12 +253,14 @@ def _minutes(
     return _number(raw, keys, default, where)
 
 
-def _positive_int(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> int | None:
+def _positive_int(
+    raw: dict[str, Any], keys: tuple[str, ...], where: str, prefix: str = ""
+) -> int | None:
     value = _lookup(raw, keys)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be a whole number ≥ 1")
+        raise UsageError(f"{where}: key '{prefix}{'.'.join(keys)}' must be a whole number ≥ 1")
     return value
 
 
@@ -247,3 +283,35 @@ def _optional_size(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> in
         return parse_size(value)
     except ValueError as exc:
         raise UsageError(f"{where}: key '{'.'.join(keys)}': {exc}") from None
+
+
+def _queues(raw: dict[str, Any], where: str) -> dict[str, int]:
+    """``queues: {NAME: {parallel: N}}`` (``parallel`` defaults to 1)."""
+    value = raw.get("queues")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"{where}: key 'queues' must be a mapping such as {{nightly: {{parallel: 1}}}}"
+        )
+    queues: dict[str, int] = {}
+    for name, body in value.items():
+        if not isinstance(name, str) or not QUEUE_NAME_RE.fullmatch(name):
+            raise UsageError(
+                f"{where}: queue name {name!r} under 'queues': use letters, digits, '_', '.', '-'"
+            )
+        body = {} if body is None else body
+        if not isinstance(body, dict) or set(body) - {"parallel"}:
+            raise UsageError(f"{where}: key 'queues.{name}' must be a mapping with 'parallel'")
+        parallel = _positive_int(body, ("parallel",), where, prefix=f"queues.{name}.")
+        queues[name] = 1 if parallel is None else parallel
+    return queues
+
+
+def _command(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> str | None:
+    value = _lookup(raw, keys)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be a shell command (a string)")
+    return value

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from sky_mini import client
+from sky_mini.client_batch import BatchOptions, submit
 from sky_mini.errors import SkyMiniError, UsageError
 from sky_mini.models import JobRecord, JobStatus
 
@@ -24,6 +25,7 @@ def build_task(
     cpus: str | None,
     memory: str | None,
     timeout: str | None,
+    retries: int | None = None,
 ) -> tuple[Any, str]:
     """The validated TaskSpec and where it came from (a file path or "command line")."""
     from sky_mini import spec
@@ -47,6 +49,7 @@ def build_task(
         cpus=cpus,
         memory=memory,
         timeout=timeout,
+        retries=retries,
         source=source,
     )
     check_fits_machine(task, source)
@@ -81,12 +84,21 @@ def read_meminfo_total() -> int:
     raise OSError("no MemTotal in /proc/meminfo")
 
 
-def launch(task: Any, source: str, *, detach: bool, as_json: bool) -> int:
+def launch(
+    task: Any, source: str, *, detach: bool, as_json: bool, options: BatchOptions | None = None
+) -> int:
     paths = client.open_home()
     name = task.name or default_name(task.run)
-    record = client.submit_job(paths, task.to_json(), name)
-    client.ensure_server(paths)
-    if detach:
+    record, deduplicated = submit(paths, task.to_json(), name, options or BatchOptions())
+    if deduplicated:
+        click.echo(
+            f"sky-mini: job {record.id} named {name!r} is still {record.status.value}; "
+            "nothing new was recorded (--unique)",
+            err=True,
+        )
+    else:
+        client.ensure_server(paths)
+    if detach or deduplicated:
         if as_json:
             from sky_mini.output import print_json
 
@@ -96,6 +108,7 @@ def launch(task: Any, source: str, *, detach: bool, as_json: bool) -> int:
                     "name": record.name,
                     "status": record.status.value,
                     "log_path": record.log_path,
+                    "deduplicated": deduplicated,
                 }
             )
         else:

@@ -91,6 +91,12 @@ class JobRecord:
     cgroup_paths: list[str] = field(default_factory=list)
     memory_mechanism: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # the submitting client's environment
+    # Batch features (issue 15). Absent in older records: the defaults are what they meant.
+    attempt: int = 1
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # one per finished attempt
+    retry_at: float | None = None  # a retry waiting for its backoff stays PENDING until then
+    queue: str | None = None
+    scheduled_at: float | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -114,10 +120,22 @@ class JobRecord:
             "pid": self.pid,
             "peak_memory_bytes": self.peak_memory_bytes,
             "log_path": self.log_path,
+            "attempt": self.attempt,
+            "attempts": list(self.attempts),
+            "max_retries": self.max_retries(),
+            "queue": self.queue,
+            "scheduled_at": self.scheduled_at,
+            "after": list(getattr(self, "after", None) or []),
             "executor": self.executor,
             "memory_mechanism": self.memory_mechanism,
             "resources": self.task.get("resources", {}),
         }
+
+    def max_retries(self) -> int:
+        """How many more attempts a failed attempt may get (``--retries``)."""
+        resources = self.task.get("resources") or {}
+        value = resources.get("max_restarts_on_errors") or 0
+        return value if isinstance(value, int) and value > 0 else 0
 
     def duration(self, now: float | None = None) -> float | None:
         if self.started_at is None:

@@ -45,9 +45,13 @@ def shorten(text: str | None, width: int = REASON_WIDTH) -> str:
 
 
 def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str:
+    """The ``jobs queue`` table; ATTEMPT, QUEUE and AFTER appear only when a job uses them."""
     now = time.time() if now is None else now
-    rows = [
-        (
+    if not records:
+        return "No jobs. Submit one with: sky-mini jobs launch -- echo hello"
+    headers = ["ID", "NAME", "STATUS", "SUBMITTED", "STARTED", "DURATION", "EXIT", "PEAK_MEM"]
+    rows: list[list[Any]] = [
+        [
             r.id,
             shorten(r.name, 24),
             r.status.value,
@@ -56,23 +60,23 @@ def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str
             format_duration(r.duration(now)),
             r.exit_code,
             format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
-            shorten(r.reason),
-        )
+        ]
         for r in records
     ]
-    headers = (
-        "ID",
-        "NAME",
-        "STATUS",
-        "SUBMITTED",
-        "STARTED",
-        "DURATION",
-        "EXIT",
-        "PEAK_MEM",
-        "REASON",
+    optional = (
+        ("ATTEMPT", lambda r: f"{r.attempt}/{r.max_retries() + 1}" if r.max_retries() else None),
+        ("QUEUE", lambda r: r.queue),
+        ("AFTER", lambda r: ",".join(map(str, getattr(r, "after", None) or [])) or None),
     )
-    if not rows:
-        return "No jobs. Submit one with: sky-mini jobs launch -- echo hello"
+    for header, cell in optional:
+        values = [cell(r) for r in records]
+        if any(v is not None for v in values):
+            headers.append(header)
+            for row, value in zip(rows, values, strict=True):
+                row.append(value)
+    headers.append("REASON")
+    for row, r in zip(rows, records, strict=True):
+        row.append(shorten(r.reason))
     return table(headers, rows)
 
 

@@ -11,6 +11,8 @@ A leaf module. Layout (who writes what is in docs/ARCHITECTURE.md)::
     jobs/next_id           the next job ID (guarded by jobs/id.lock)
     jobs/<id>.json         one record per job
     jobs/active.json       the server's list of unfinished job IDs
+    jobs/paused.json       which queues `jobs pause` paused (written by clients)
+    hooks.log              output of the config's hooks (on_failure, on_finish)
     intents/               requests from clients (cancel-<id>) the server consumes
     logs/<id>.log          each job's stdout and stderr
     services/              service records and replica logs
@@ -76,6 +78,14 @@ class Paths:
     @property
     def active_index(self) -> str:
         return os.path.join(self.jobs_dir, "active.json")
+
+    @property
+    def paused(self) -> str:
+        return os.path.join(self.jobs_dir, "paused.json")
+
+    @property
+    def hooks_log(self) -> str:
+        return os.path.join(self.home, "hooks.log")
 
     @property
     def intents_dir(self) -> str:

@@ -38,7 +38,9 @@ MAX_PROBE_PATH_CHARS = 2048
 MIN_MEMORY_BYTES = 4 * 1024 * 1024
 
 TASK_KEYS = ("name", "workdir", "envs", "setup", "run", "resources")
-RESOURCE_KEYS = ("cpus", "memory", "timeout")
+RESOURCE_KEYS = ("cpus", "memory", "timeout", "job_recovery")
+JOB_RECOVERY_KEYS = ("max_restarts_on_errors", "strategy")
+MAX_RETRIES = 100
 SERVICE_KEYS = (
     "name",
     "run",
@@ -68,13 +70,17 @@ class ResourceSpec:
     cpus: float = 1.0
     memory_bytes: int | None = None
     timeout_seconds: float | None = None
+    max_restarts_on_errors: int = 0  # job_recovery / --retries
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "cpus": self.cpus,
             "memory_bytes": self.memory_bytes,
             "timeout_seconds": self.timeout_seconds,
         }
+        if self.max_restarts_on_errors:
+            data["max_restarts_on_errors"] = self.max_restarts_on_errors
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ResourceSpec:
@@ -85,6 +91,7 @@ class ResourceSpec:
             cpus=float(data.get("cpus", 1.0)),
             memory_bytes=None if memory is None else int(memory),
             timeout_seconds=None if timeout is None else float(timeout),
+            max_restarts_on_errors=int(data.get("max_restarts_on_errors") or 0),
         )
 
 
@@ -253,6 +260,7 @@ def apply_overrides(
     cpus: float | str | None = None,
     memory: str | None = None,
     timeout: str | None = None,
+    retries: int | None = None,
     source: str = "command line",
 ) -> TaskSpec:
     """Return ``spec`` with CLI flags applied on top (flags win over the YAML).
@@ -281,6 +289,10 @@ def apply_overrides(
         resource_changes["memory_bytes"] = _parse_memory(memory, source, "--memory")
     if timeout is not None:
         resource_changes["timeout_seconds"] = _parse_timeout(timeout, source, "--timeout")
+    if retries is not None:
+        resource_changes["max_restarts_on_errors"] = _parse_int(
+            retries, source, "--retries", 0, MAX_RETRIES
+        )
     if resource_changes:
         changes["resources"] = replace(spec.resources, **resource_changes)
     return replace(spec, **changes) if changes else spec
@@ -758,17 +770,35 @@ def _parse_workdir(value: object, path: str, key: str, base: str) -> str | None:
 def _parse_resources(value: object, path: str, key: str) -> ResourceSpec:
     if value is None:
         return ResourceSpec()
-    raw = _mapping(value, path, key, "cpus, memory and timeout")
+    raw = _mapping(value, path, key, "cpus, memory, timeout and job_recovery")
     _check_keys(raw, RESOURCE_KEYS, path, f"{key}.")
     cpus = raw.get("cpus")
     memory = raw.get("memory")
     timeout = raw.get("timeout")
     return ResourceSpec(
+        max_restarts_on_errors=_parse_job_recovery(
+            raw.get("job_recovery"), path, f"{key}.job_recovery"
+        ),
         cpus=1.0 if cpus is None else _parse_cpus(cpus, path, f"{key}.cpus"),
         memory_bytes=None if memory is None else _parse_memory(memory, path, f"{key}.memory"),
         timeout_seconds=(
             None if timeout is None else _parse_timeout(timeout, path, f"{key}.timeout")
         ),
+    )
+
+
+def _parse_job_recovery(value: object, path: str, key: str) -> int:
+    """SkyPilot's ``job_recovery``: a strategy name (nothing to recover here: 0 retries) or
+    ``{max_restarts_on_errors: N, strategy: ...}``; only the count means anything here."""
+    if value is None or isinstance(value, str):
+        return 0
+    raw = _mapping(value, path, key, "max_restarts_on_errors (and strategy)")
+    _check_keys(raw, JOB_RECOVERY_KEYS, path, f"{key}.")
+    count = raw.get("max_restarts_on_errors")
+    return (
+        0
+        if count is None
+        else _parse_int(count, path, f"{key}.max_restarts_on_errors", 0, MAX_RETRIES)
     )
 
 

@@ -193,18 +193,50 @@ class Store:
         record the next allocation steps over: IDs stay dense and are never reused.
         """
         with flocked(self.paths.id_lock):
-            job_id = max(self._read_next_id(), self._seen_through() + 1)
-            # A record or log already there means the ID was given out (the counter may be
-            # behind after a crash, or damaged): step over it, never reuse it.
-            while os.path.lexists(self.paths.job_record(job_id)) or os.path.lexists(
-                self.paths.job_log(job_id)
-            ):
-                job_id += 1
-            record = build(job_id)
-            atomic_write_json(self.paths.job_record(job_id), record.to_json())
-            # Not fsynced: if the counter is lost in a crash, next_id() and the loop above
-            # step over the durable record, so the ID is still never reused.
-            atomic_write_bytes(self.paths.next_id, f"{job_id + 1}\n".encode(), durable=False)
+            return self._create_locked(build)
+
+    def create_unique_job(
+        self, name: str, build: Callable[[int], JobRecord], *, check_under_lock: bool = True
+    ) -> tuple[JobRecord, bool]:
+        """``--unique``: (the unfinished job named ``name``, True) if there is one, else
+        (a new record, False). Check and create happen under the ID lock, so concurrent
+        callers with one name create exactly one job. Reads only unfinished records: the
+        server's active index plus the IDs it has not seen yet, not the whole history.
+
+        ``check_under_lock=False`` is the test-only negative control (``SKY_MINI_DISABLE=
+        unique_lock``): the check moves before the lock and the race comes back.
+        """
+        early = None if check_under_lock else self.find_unfinished(name)
+        with flocked(self.paths.id_lock):
+            existing = self.find_unfinished(name) if check_under_lock else early
+            if existing is not None:
+                return existing, True
+            return self._create_locked(build), False
+
+    def find_unfinished(self, name: str) -> JobRecord | None:
+        active, seen_through = self.read_active()
+        if not os.path.exists(self.paths.active_index):
+            seen_through = 0  # no server has indexed this home yet: look at every record
+        for job_id in sorted(set(active) | set(range(seen_through + 1, self.next_id()))):
+            record = self.load_job(job_id)
+            if record is not None and record.name == name and not record.status.is_terminal:
+                return record
+        return None
+
+    def _create_locked(self, build: Callable[[int], JobRecord]) -> JobRecord:
+        """Allocate and write under the ID lock, which the caller holds."""
+        job_id = max(self._read_next_id(), self._seen_through() + 1)
+        # A record or log already there means the ID was given out (the counter may be
+        # behind after a crash, or damaged): step over it, never reuse it.
+        while os.path.lexists(self.paths.job_record(job_id)) or os.path.lexists(
+            self.paths.job_log(job_id)
+        ):
+            job_id += 1
+        record = build(job_id)
+        atomic_write_json(self.paths.job_record(job_id), record.to_json())
+        # Not fsynced: if the counter is lost in a crash, next_id() and the loop above
+        # step over the durable record, so the ID is still never reused.
+        atomic_write_bytes(self.paths.next_id, f"{job_id + 1}\n".encode(), durable=False)
         return record
 
     def _read_next_id(self) -> int:

@@ -2,7 +2,8 @@
 
 ``Server.tick`` runs, in order::
 
-    wait_for_events -> handle_signals -> reap_children -> handle_backend_events
+    wait_for_events -> handle_signals -> reap_children -> enforce_hook_timeouts
+    -> handle_backend_events
     -> load_new_jobs -> handle_intents -> maintain_components -> reconcile_services
     -> dispatch_pending -> check_autostop -> write_status
 
@@ -30,7 +31,9 @@ from sky_mini import __version__, procs
 from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
+from sky_mini.server import batch
 from sky_mini.server.backend import Backend, BackendEvent
+from sky_mini.server.hooks import HookRunner
 from sky_mini.state import Store, acquire_flock, atomic_write_json, read_json
 from sky_mini.units import format_size
 
@@ -146,6 +149,14 @@ class Server:
         self.details: dict[str, Any] = {}
         self.services: Any = None  # sky_mini.server.services.ServicesSupervisor
         self.http: Any = None  # sky_mini.server.http_component.HttpSupervisor (--http)
+        self.hooks = HookRunner(
+            on_failure=settings.hook_on_failure,
+            on_finish=settings.hook_on_finish,
+            timeout=settings.hook_timeout_seconds,
+            log_path=paths.hooks_log,
+            marker_prefix=f"{self.key}:{self.instance_id}",
+            detach="hook_detach" not in settings.disabled,
+        )
 
     # -- start -----------------------------------------------------------------------
 
@@ -367,8 +378,9 @@ class Server:
                     reason_code=ReasonCode.SUPERVISOR_LOST.value,
                     exit_code=None,
                 )
-                self.save_job(record)
                 log.warning("job %d was running when the previous server died", job_id)
+                if self.end_attempt(record, self.clock()):
+                    self.adopt_job(job_id)
         # Every record below the counter *as read above* has been looked at, so the first
         # load_new_jobs need not read the whole history again. Not the counter now: CLIs
         # racing this start may have recorded jobs since, and load_new_jobs must adopt them.
@@ -433,6 +445,7 @@ class Server:
         now = self.clock()
         self.handle_signals()
         self.reap_children()
+        self.hooks.enforce_timeouts(now)
         self.handle_backend_events(now)
         self.load_new_jobs()
         self.handle_intents(now)
@@ -489,6 +502,8 @@ class Server:
         else:
             reaped = procs.reap_any()
         for pid, status in reaped:
+            if self.hooks.child_exited(pid, status):
+                continue
             if self.backend is not None:
                 for event in self.backend.child_exited(pid, status):
                     self.apply_event(event, self.clock())
@@ -499,6 +514,7 @@ class Server:
 
     def own_child_pids(self) -> list[int]:
         pids = [c["pid"] for c in self.backend_components() if c.get("pid")]
+        pids += self.hooks.pids()
         if self.services is not None:
             pids += [c["pid"] for c in self.services.components() if c.get("pid")]
         if self.http is not None:
@@ -539,17 +555,35 @@ class Server:
             if data.get("peak_memory_bytes"):
                 record.peak_memory_bytes = int(data["peak_memory_bytes"])
             record.started_at = record.started_at or now
-            self.save_job(record)
-            self.capacity.release(record.id)
-            del self.jobs[record.id]
-            self.active_dirty = True
             log.info(
                 "job %d %s%s",
                 record.id,
                 status.value,
                 f": {record.reason}" if record.reason else "",
             )
+            self.capacity.release(record.id)
+            if not self.end_attempt(record, now):
+                del self.jobs[record.id]
+            self.active_dirty = True
         self.status_dirty = True
+
+    def end_attempt(self, record: JobRecord, now: float) -> bool:
+        """Record the attempt that just ended; True when it is queued again (``--retries``),
+        else the job is over and its hooks run. Saves the record either way."""
+        batch.close_attempt(record)
+        if batch.should_retry(record) and self.stop_requested is None:
+            delay = batch.requeue_for_retry(
+                record,
+                now,
+                base=self.settings.retry_backoff_seconds,
+                cap=self.settings.retry_backoff_max_seconds,
+            )
+            self.save_job(record)
+            log.info("job %d: %s, in %gs", record.id, record.reason, delay)
+            return True
+        self.save_job(record)
+        self.hooks.job_ended(record, now)
+        return False
 
     def load_new_jobs(self) -> None:
         """Pick up records clients created since the last look (IDs are dense)."""
@@ -589,6 +623,7 @@ class Server:
                 self.active_dirty = True
                 self.status_dirty = True
                 log.info("job %d CANCELLED before it started", job_id)
+                self.hooks.job_ended(record, now)
             elif self.backend is not None:
                 log.info(
                     "cancelling job %d (SIGTERM, SIGKILL after %gs)",
@@ -613,9 +648,14 @@ class Server:
         """Start every PENDING job whose reservation fits, oldest first."""
         if self.backend is None or self.stop_requested is not None:
             return
+        gate = batch.build_gate(self.settings.queues, self.paths.paused, self.jobs.values())
         for job_id in sorted(self.jobs):
             record = self.jobs[job_id]
             if record.status is not JobStatus.PENDING:
+                continue
+            held = batch.hold_reason(record, now, gate)
+            if held is not None:
+                self.note_waiting(record, held)
                 continue
             cpus, memory = job_needs(record)
             if not self.capacity.fits_ever(cpus, memory):
@@ -630,6 +670,8 @@ class Server:
             self.capacity.reserve(job_id, cpus, memory)
             record.status = JobStatus.STARTING
             record.reason = None
+            record.retry_at = None
+            gate.note_started(record)
             record.executor = self.backend.launch(record, self.job_payload(record))
             record.started_at = now
             self.save_job(record, durable=False)
@@ -669,9 +711,10 @@ class Server:
         del self.jobs[record.id]
         self.active_dirty = True
         log.warning("job %d can never run here: %s", record.id, reason)
+        self.hooks.job_ended(record, now)
 
     def has_work(self) -> bool:
-        if self.jobs:
+        if self.jobs or self.hooks.running:
             return True
         return self.services is not None and self.services.has_work()
 
@@ -750,7 +793,9 @@ class Server:
             self.http.force_kill()
         services_done = self.services is None or self.services.is_stopped()
         http_done = self.http is None or self.http.is_stopped()
-        return backend.is_stopped() and services_done and http_done
+        # A hook already sending its mail may finish, within the same bound as the jobs.
+        hooks_done = not self.hooks.running or now > deadline
+        return backend.is_stopped() and services_done and http_done and hooks_done
 
     def cleanup(self) -> None:
         """Record what is left and release everything (the lock last)."""
@@ -769,6 +814,7 @@ class Server:
                 self.active_dirty = True
         with contextlib.suppress(OSError):
             self.write_active_index()
+        self.hooks.kill_all()
         if self.cgroup_caps is not None:
             from sky_mini.cgroups import remove_base
 

@@ -231,7 +231,7 @@ def test_unknown_resources_key_is_dotted(tmp_path: Path) -> None:
     err = task_error(tmp_path, "run: x\nresources: {cpu: 2}\n")
     assert err.key == "resources.cpu"
     assert "did you mean 'cpus'" in err.problem
-    assert "cpus, memory, timeout" in err.problem
+    assert "cpus, job_recovery, memory, timeout" in err.problem
 
 
 def test_non_string_top_level_key_rejected(tmp_path: Path) -> None:
