@@ -871,12 +871,10 @@ def run_server(
     detached: bool,
 ) -> int:
     """``sky-mini serve --foreground``: returns the process exit code."""
+    procs.ensure_title_room(paths.home)
     ensure_dirs(paths)
     configure_logging(paths, detached=detached)
-    with contextlib.suppress(Exception):
-        import setproctitle
-
-        setproctitle.setproctitle("sky-mini: server")
+    procs.set_title("server", paths.home)
     server = Server(
         paths, settings, idle_minutes=idle_minutes, executors=executors, detached=detached
     )
