@@ -31,6 +31,7 @@ from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server.backend import Backend, BackendEvent
+from sky_mini.spec import effective_cpus
 from sky_mini.state import Store, acquire_flock, atomic_write_json, read_json
 from sky_mini.units import format_size
 
@@ -94,9 +95,14 @@ class Capacity:
         )
 
 
-def job_needs(record: JobRecord) -> tuple[float, int]:
+def job_needs(record: JobRecord, machine_cpus: float) -> tuple[float, int]:
+    """What a job reserves; a default CPU request is min(1, ``machine_cpus``)."""
     resources = record.task.get("resources") or {}
-    cpus = float(resources.get("cpus") or 1.0)
+    cpus = effective_cpus(
+        float(resources.get("cpus") or 1.0),
+        bool(resources.get("cpus_defaulted", False)),
+        machine_cpus,
+    )
     memory = int(resources.get("memory_bytes") or 0)
     return cpus, memory
 
@@ -592,7 +598,7 @@ class Server:
             record = self.jobs[job_id]
             if record.status is not JobStatus.PENDING:
                 continue
-            cpus, memory = job_needs(record)
+            cpus, memory = job_needs(record, self.capacity.cpus)
             if not self.capacity.fits_ever(cpus, memory):
                 self.fail_never_fits(record, cpus, memory, now)
                 continue

@@ -109,7 +109,9 @@ def group_members(pgid: int) -> list[int]:
 
 def test_process_titles_name_server_and_executors(sky: SkyMini) -> None:
     server = sky.serve_foreground("--executors", "2")
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True
+    ).stdout
     rows = [line.split(None, 2) for line in out.splitlines()[1:]]
     titles = {int(pid): args for pid, ppid, args in rows if int(ppid) == server.pid}
     suffix = f" [{sky.home}]"  # a non-default home is named in every title
