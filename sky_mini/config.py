@@ -41,6 +41,7 @@ DISABLE_CHOICES = frozenset(
         "inotify",
         "revive",
         "pid1",
+        "memguard",
     }
 )
 

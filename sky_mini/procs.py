@@ -362,6 +362,27 @@ def reap_any() -> list[tuple[int, int]]:
         reaped.append((pid, status))
 
 
+def reap_any_with_rusage() -> list[tuple[int, int, int]]:
+    """Like :func:`reap_any`, with each child's peak RSS in bytes (``wait4`` ``ru_maxrss``).
+
+    ``ru_maxrss`` is the kernel's high-water mark of the reaped process (and of the children
+    it reaped itself): the honest peak, where sampling only sees what it happened to catch.
+    """
+    reaped: list[tuple[int, int, int]] = []
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status, int(usage.ru_maxrss) * 1024))
+
+
 def reap_pids(pids: Iterable[int]) -> list[tuple[int, int]]:
     """Reap only the given children (leaves every other zombie alone)."""
     reaped: list[tuple[int, int]] = []

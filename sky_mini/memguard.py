@@ -1,0 +1,82 @@
+"""Memory limits without a writable cgroup: the watchdog's backstop and its evidence.
+
+Where no memory cgroup can be written (Docker's read-only ``/sys/fs/cgroup``), the
+executor's watchdog samples the job tree's RSS. Sampling alone cannot stop one large
+allocation: page faults fill ~3 GB/s, so a 300 MB ``bytearray`` on a 64 MiB limit was seen
+at 163 MiB before a 50 ms sample caught it. Two things close that gap:
+
+- ``RLIMIT_DATA`` (counts private writable mappings, anonymous ``mmap`` included, since
+  Linux 4.7) is set to the job's limit in every job process: an allocation that would take
+  a process over the limit is refused (Python raises ``MemoryError``) instead of filling
+  memory. It is per process, so a tree of processes is still the sampler's job.
+- the sampler runs every few milliseconds while a watchdog limit is in force, reading only
+  the job tree's ``/proc/PID/statm``.
+
+A refused allocation usually ends the program with an error message, not a signal, so the
+executor looks for the usual wording in what the job wrote to its log during this run and
+records ``KILLED``/``memory_limit`` with the figure.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+WATCHDOG_FAST_INTERVAL_SECONDS = 0.004
+WATCHDOG_SLOW_INTERVAL_SECONDS = 0.05  # the old sampler: what the negative control runs
+DISABLE_TOKEN = "memguard"
+LOG_TAIL_BYTES = 64 * 1024
+REFUSAL_MARKERS = (
+    b"MemoryError",  # Python
+    b"Cannot allocate memory",  # strerror(ENOMEM): C programs, shells, coreutils
+    b"std::bad_alloc",  # C++
+    b"out of memory",  # bash ("xmalloc: cannot allocate"), many runtimes
+    b"memory allocation of",  # Rust's alloc error handler
+    b"cannot allocate memory",
+)
+
+
+def enabled(disabled: frozenset[str]) -> bool:
+    """False under ``SKY_MINI_DISABLE=memguard`` (test only: no backstop, 50 ms sampling)."""
+    return DISABLE_TOKEN not in disabled
+
+
+def watchdog_interval(disabled: frozenset[str]) -> float:
+    """How often the watchdog samples a limited job's tree."""
+    return WATCHDOG_FAST_INTERVAL_SECONDS if enabled(disabled) else WATCHDOG_SLOW_INTERVAL_SECONDS
+
+
+def apply_data_limit(limit_bytes: int) -> bool:
+    """In a job process before ``exec``: refuse allocations over ``limit_bytes``.
+
+    Returns False where the limit cannot be set (the sampler still enforces the limit).
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            limit_bytes = min(limit_bytes, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, hard))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def log_size(path: str) -> int:
+    """Where this run's output starts in the job's (appended) log."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def allocation_refused(log_path: str, since: int) -> bool:
+    """Did the job report a refused allocation in the log it wrote since ``since``?"""
+    try:
+        with open(log_path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            start = max(since, end - LOG_TAIL_BYTES)
+            handle.seek(start)
+            tail = handle.read()
+    except OSError:
+        return False
+    return any(marker in tail for marker in REFUSAL_MARKERS)
