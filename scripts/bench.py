@@ -700,6 +700,13 @@ def render(info: dict[str, Any], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def bench_watchdog(b: Bench) -> None:
+    """Peak of one big allocation under the watchdog, cgroups read-only (bench_watchdog.py)."""
+    from bench_watchdog import run
+
+    run(b)
+
+
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "launch": bench_launch_latency,
     "concurrent": bench_concurrent,
@@ -709,6 +716,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "start": bench_start_status_queue,
     "kill9": bench_kill9,
     "followers": bench_followers,
+    "watchdog": bench_watchdog,
 }
 
 

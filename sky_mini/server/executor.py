@@ -67,6 +67,7 @@ class RunningJob:
     peak_bytes: int = 0
     next_sample: float = 0.0
     vmstat_oom_start: int | None = None
+    last_rss: int = 0  # the tree's RSS at the last sample (sets the watchdog's pace)
     log_start: int = 0  # where this run's output begins in the (appended) log
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -116,7 +117,9 @@ class Executor:
         now = time.monotonic()
         candidates = [PEAK_SAMPLE_INTERVAL_SECONDS]
         if self.memory_mechanism_for(job) == "watchdog":
-            candidates.append(memguard.watchdog_interval(self.config.disabled))
+            candidates.append(
+                memguard.watchdog_interval(self.config.disabled, job.last_rss, job.limit_bytes)
+            )
         for moment in (job.timeout_at, job.kill_at):
             if moment is not None:
                 candidates.append(max(0.0, moment - now))
@@ -281,6 +284,7 @@ class Executor:
         job.next_sample = now + PEAK_SAMPLE_INTERVAL_SECONDS
         # Every descendant of this executor belongs to the job (orphans reparent here).
         total = procs.tree_rss(os.getpid(), include_self=False)
+        job.last_rss = total
         job.peak_bytes = max(job.peak_bytes, total)
         watchdog = self.memory_mechanism_for(job) == "watchdog"
         over = job.limit_bytes is not None and total > job.limit_bytes

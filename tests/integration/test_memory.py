@@ -182,12 +182,14 @@ def test_one_300mb_allocation_on_a_64mib_watchdog_limit_stays_under_80mib(
 
 def test_negative_control_50ms_sampling_alone_overshoots(sky: SkyMini) -> None:
     """Without the backstop and the fast sampler, the same allocation gets far past 80 MiB
-    (one try in ten may be caught early by luck, so three tries)."""
+    (a try may be caught early by luck, more so on a loaded machine, so up to six)."""
     sky.extra_env.update(SKY_MINI_MEMORY_MECHANISM="watchdog", SKY_MINI_DISABLE="memguard")
     sky.serve_foreground("--executors", "1")
     peaks = []
-    for _ in range(3):
+    for _ in range(6):
         job = launch(sky, "--memory", "64M", "--", "sh", "-c", BIG)
         record = sky.wait_job(job, ("KILLED", "FAILED", "SUCCEEDED"))
         peaks.append(record["peak_memory_bytes"] or 0)
+        if peaks[-1] > WATCHDOG_BOUND * 64 * MiB:
+            break
     assert max(peaks) > WATCHDOG_BOUND * 64 * MiB, peaks
