@@ -28,12 +28,13 @@ WATCHDOG_SLOW_INTERVAL_SECONDS = 0.05  # the old sampler: what the negative cont
 DISABLE_TOKEN = "memguard"
 LOG_TAIL_BYTES = 64 * 1024
 REFUSAL_MARKERS = (
+    # Specific wordings only: a job that merely prints "memory" must not be called killed.
     b"MemoryError",  # Python
     b"Cannot allocate memory",  # strerror(ENOMEM): C programs, shells, coreutils
     b"std::bad_alloc",  # C++
-    b"out of memory",  # bash ("xmalloc: cannot allocate"), many runtimes
-    b"memory allocation of",  # Rust's alloc error handler
-    b"cannot allocate memory",
+    b"xmalloc: cannot allocate",  # bash
+    b"runtime: out of memory",  # Go
+    b"memory allocation of",  # Rust's alloc error handler ("... bytes failed")
 )
 
 
