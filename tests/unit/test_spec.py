@@ -1017,3 +1017,18 @@ def test_default_cpus_fit_a_half_cpu_box_but_an_explicit_request_does_not(
     assert effective_cpus(1.0, True, 0.5) == 0.5 and effective_cpus(1.0, True, 4) == 1.0
     # Old records (no key) are explicit requests: never silently shrunk.
     assert not ResourceSpec.from_json({"cpus": 1.0}).cpus_defaulted
+
+
+def test_a_service_with_default_cpus_fits_a_half_cpu_box(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text("name: web\nrun: python -m http.server $PORT\nreplicas: 2\n")
+    service = load_service(str(path))
+    check_fits(service.resources, machine_cpus=0.5, machine_memory_bytes=GiB, path=str(path))
+    path.write_text("name: web\nrun: x\nresources: {cpus: 1}\n")
+    with pytest.raises(SpecError):
+        check_fits(
+            load_service(str(path)).resources,
+            machine_cpus=0.5,
+            machine_memory_bytes=GiB,
+            path=str(path),
+        )
