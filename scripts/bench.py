@@ -703,6 +703,13 @@ def render(info: dict[str, Any], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def bench_watchdog(b: Bench) -> None:
+    """Peak of one big allocation under the watchdog, cgroups read-only (bench_watchdog.py)."""
+    from bench_watchdog import run
+
+    run(b)
+
+
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "launch": bench_launch_latency,
     "concurrent": bench_concurrent,
@@ -713,6 +720,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "kill9": bench_kill9,
     "followers": bench_followers,
     "http": lambda b: bench_http.run(b, Home, footprint),
+    "watchdog": bench_watchdog,
 }
 
 

@@ -275,7 +275,21 @@ def stop_server(paths: Paths, timeout: float) -> int | None:
                 f"the server (pid {pid}) did not stop within {timeout:g}s; see {paths.server_log}"
             )
         time.sleep(POLL_SECONDS)
+    # The lock goes a moment before the process: wait for its exit too (a zombie has exited).
+    create_time = status.get("create_time")
+    while is_same_process(pid, create_time) and not is_zombie(pid):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(POLL_SECONDS)
     return pid
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def tail_text(path: str, lines: int) -> str:

@@ -54,6 +54,8 @@ DISABLE_CHOICES = frozenset(
         "http_deadline",
         "unique_lock",
         "hook_detach",
+        "pid1",
+        "memguard",
     }
 )
 

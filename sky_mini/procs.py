@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterable
 
 log = logging.getLogger("sky_mini.procs")
@@ -132,11 +133,100 @@ def process_create_time(pid: int) -> float | None:
 
 
 def is_same_process(pid: int | None, create_time: float | None) -> bool:
-    """True when ``pid`` is alive and is the process recorded with ``create_time``."""
-    if not pid or pid <= 1 or create_time is None:
+    """True when ``pid`` is alive and is the process recorded with ``create_time``.
+
+    PID 1 is a valid answer: a server that is PID 1 of its container's pid namespace is
+    alive for every CLI inside that namespace. The create time is what protects against a
+    PID that names another process (outside the namespace PID 1 is the machine's init, whose
+    create time differs). ``SKY_MINI_DISABLE=pid1`` (test only) restores the old refusal.
+    """
+    if not pid or pid < 1 or create_time is None:
+        return False
+    if pid == 1 and _pid1_check_disabled():
         return False
     actual = process_create_time(pid)
     return actual is not None and abs(actual - create_time) < CREATE_TIME_TOLERANCE
+
+
+def _pid1_check_disabled() -> bool:
+    """Test-only negative control: treat PID 1 as never ours (the bug of issue 11)."""
+    raw = os.environ.get("SKY_MINI_DISABLE", "")
+    return "pid1" in {item.strip() for item in raw.split(",")}
+
+
+TITLE_PREFIX = "sky-mini: "
+DEFAULT_HOME_FOR_TITLE = "~/.sky-mini"
+_title_home: str | None = None
+
+
+def title_for(role: str, home: str | None) -> str:
+    """``sky-mini: server``, or ``sky-mini: server [/srv/sky]`` for a non-default home.
+
+    With two homes on one machine, ``ps`` must tell their servers and executors apart.
+    """
+    title = TITLE_PREFIX + role
+    if home and os.path.abspath(home) != os.path.abspath(
+        os.path.expanduser(DEFAULT_HOME_FOR_TITLE)
+    ):
+        title += f" [{home}]"
+    return title
+
+
+TITLE_ROOM_ENV = "SKY_MINI_TITLE_ROOM"
+LONGEST_ROLE = "services-controller"
+
+
+def ensure_title_room(home: str) -> None:
+    """Re-exec this process once with a longer command line if its titles would not fit.
+
+    With ``SPT_NOENV`` setproctitle may only use the command line's own bytes, so a title
+    longer than ``argv`` is cut (``sky-mini: executor job-0 [/t``). Forked children share
+    that room. The re-exec keeps the PID (so PID 1 stays PID 1) and adds an ignored
+    ``-X`` option of the missing length; the environment variable stops a second round.
+    """
+    if os.environ.get(TITLE_ROOM_ENV) or not sys.executable:
+        return
+    needed = len(title_for(LONGEST_ROLE, home)) + 1
+    try:
+        with open("/proc/self/cmdline", "rb") as handle:
+            room = len(handle.read())
+    except OSError:
+        return
+    if room >= needed:
+        return
+    os.environ[TITLE_ROOM_ENV] = "1"
+    pad = "sky_mini_title=" + "_" * max(1, needed - room)
+    argv = [sys.executable, "-X", pad, "-m", "sky_mini", *sys.argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        os.execv(sys.executable, argv)
+    os.environ.pop(TITLE_ROOM_ENV, None)  # exec failed: run with a shortened title
+
+
+def set_title(role: str, home: str | None = None) -> None:
+    """Set this process's title (``ps -o args``) for ``role``, naming the home if needed.
+
+    ``home`` is remembered, so a child forked later (an executor) can pass only its role.
+    ``SPT_NOENV`` is put in the environment before setproctitle is first imported: without
+    it setproctitle overwrites the environment block to make room, and ``/proc/PID/environ``
+    then reads as NULs. It is removed again at once, so jobs never inherit it.
+    """
+    global _title_home
+    if home is not None:
+        _title_home = home
+    os.environ.pop(TITLE_ROOM_ENV, None)  # never handed on to jobs
+    had = "SPT_NOENV" in os.environ
+    os.environ.setdefault("SPT_NOENV", "1")
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title_for(role, _title_home))
+    except Exception:  # noqa: BLE001 - a title is cosmetic; never fail a process for it
+        log.debug("cannot set the process title", exc_info=True)
+    finally:
+        if not had:
+            os.environ.pop("SPT_NOENV", None)
 
 
 def marker_for(instance_id: str, owner: str) -> str:
@@ -270,6 +360,27 @@ def reap_any() -> list[tuple[int, int]]:
         if pid == 0:
             return reaped
         reaped.append((pid, status))
+
+
+def reap_any_with_rusage() -> list[tuple[int, int, int]]:
+    """Like :func:`reap_any`, with each child's peak RSS in bytes (``wait4`` ``ru_maxrss``).
+
+    ``ru_maxrss`` is the kernel's high-water mark of the reaped process (and of the children
+    it reaped itself): the honest peak, where sampling only sees what it happened to catch.
+    """
+    reaped: list[tuple[int, int, int]] = []
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status, int(usage.ru_maxrss) * 1024))
 
 
 def reap_pids(pids: Iterable[int]) -> list[tuple[int, int]]:

@@ -41,6 +41,7 @@ TASK_KEYS = ("name", "workdir", "envs", "setup", "run", "resources")
 RESOURCE_KEYS = ("cpus", "memory", "timeout", "job_recovery")
 JOB_RECOVERY_KEYS = ("max_restarts_on_errors", "strategy")
 MAX_RETRIES = 100
+DEFAULT_CPUS = 1.0
 SERVICE_KEYS = (
     "name",
     "run",
@@ -67,14 +68,18 @@ _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 class ResourceSpec:
     """What a job or replica reserves and may use."""
 
-    cpus: float = 1.0
+    cpus: float = DEFAULT_CPUS
     memory_bytes: int | None = None
     timeout_seconds: float | None = None
     max_restarts_on_errors: int = 0  # job_recovery / --retries
+    # True while nobody asked for ``cpus``: then the reservation is min(1, machine CPUs),
+    # resolved where the machine is known (submit-time fit check, server admission).
+    cpus_defaulted: bool = True
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "cpus": self.cpus,
+            "cpus_defaulted": self.cpus_defaulted,
             "memory_bytes": self.memory_bytes,
             "timeout_seconds": self.timeout_seconds,
         }
@@ -88,7 +93,9 @@ class ResourceSpec:
         memory = data.get("memory_bytes")
         timeout = data.get("timeout_seconds")
         return cls(
-            cpus=float(data.get("cpus", 1.0)),
+            cpus=float(data.get("cpus", DEFAULT_CPUS)),
+            # Records written before this key existed: a recorded cpus was a request.
+            cpus_defaulted=bool(data.get("cpus_defaulted", "cpus" not in data)),
             memory_bytes=None if memory is None else int(memory),
             timeout_seconds=None if timeout is None else float(timeout),
             max_restarts_on_errors=int(data.get("max_restarts_on_errors") or 0),
@@ -285,6 +292,7 @@ def apply_overrides(
     resource_changes: dict[str, Any] = {}
     if cpus is not None:
         resource_changes["cpus"] = _parse_cpus(cpus, source, "--cpus")
+        resource_changes["cpus_defaulted"] = False
     if memory is not None:
         resource_changes["memory_bytes"] = _parse_memory(memory, source, "--memory")
     if timeout is not None:
@@ -343,11 +351,21 @@ def load_service(path: str) -> ServiceSpec:
     )
 
 
+def effective_cpus(cpus: float, defaulted: bool, machine_cpus: float) -> float:
+    """The CPUs a job reserves: a default request is min(1, machine CPUs), so that a
+    0.5 CPU container (Kubernetes ``cpu: 500m``) runs default jobs; an explicit one is kept."""
+    return min(cpus, machine_cpus) if defaulted else cpus
+
+
 def check_fits(
     resources: ResourceSpec, *, machine_cpus: float, machine_memory_bytes: int, path: str
 ) -> None:
-    """Reject resources this machine can never give (so the job would pend forever)."""
-    if resources.cpus > machine_cpus:
+    """Reject resources this machine can never give (so the job would pend forever).
+
+    A default CPU request always fits (see :func:`effective_cpus`); memory has no default
+    reservation.
+    """
+    if effective_cpus(resources.cpus, resources.cpus_defaulted, machine_cpus) > machine_cpus:
         raise SpecError(
             path,
             "resources.cpus",
@@ -779,7 +797,8 @@ def _parse_resources(value: object, path: str, key: str) -> ResourceSpec:
         max_restarts_on_errors=_parse_job_recovery(
             raw.get("job_recovery"), path, f"{key}.job_recovery"
         ),
-        cpus=1.0 if cpus is None else _parse_cpus(cpus, path, f"{key}.cpus"),
+        cpus=DEFAULT_CPUS if cpus is None else _parse_cpus(cpus, path, f"{key}.cpus"),
+        cpus_defaulted=cpus is None,
         memory_bytes=None if memory is None else _parse_memory(memory, path, f"{key}.memory"),
         timeout_seconds=(
             None if timeout is None else _parse_timeout(timeout, path, f"{key}.timeout")

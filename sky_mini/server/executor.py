@@ -11,7 +11,7 @@ Lifecycle of an executor (``sky-mini: executor job-N``):
    job's cgroup, process group and every remaining descendant, and exits.
 
 Memory limits are enforced by the job's cgroup, or else by a watchdog that samples the RSS
-of the job's whole tree every ``WATCHDOG_INTERVAL_SECONDS``.
+of the job's whole tree every few milliseconds, backed by ``RLIMIT_DATA`` (see memguard).
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from sky_mini import procs
+from sky_mini import memguard, procs
 from sky_mini.models import JobStatus, ReasonCode, exit_code_for
 from sky_mini.server.channel import LineReader, send_message
 from sky_mini.server.tied import LoopSignals
 from sky_mini.units import format_size
 
-WATCHDOG_INTERVAL_SECONDS = 0.05
 PEAK_SAMPLE_INTERVAL_SECONDS = 0.5
 JOB_OOM_SCORE_ADJ = 500
 IDLE_WAKE_SECONDS = 5.0
@@ -68,6 +67,8 @@ class RunningJob:
     peak_bytes: int = 0
     next_sample: float = 0.0
     vmstat_oom_start: int | None = None
+    last_rss: int = 0  # the tree's RSS at the last sample (sets the watchdog's pace)
+    log_start: int = 0  # where this run's output begins in the (appended) log
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,7 +117,9 @@ class Executor:
         now = time.monotonic()
         candidates = [PEAK_SAMPLE_INTERVAL_SECONDS]
         if self.memory_mechanism_for(job) == "watchdog":
-            candidates.append(WATCHDOG_INTERVAL_SECONDS)
+            candidates.append(
+                memguard.watchdog_interval(self.config.disabled, job.last_rss, job.limit_bytes)
+            )
         for moment in (job.timeout_at, job.kill_at):
             if moment is not None:
                 candidates.append(max(0.0, moment - now))
@@ -150,6 +153,7 @@ class Executor:
             limit_bytes=resources.get("memory_bytes"),
             timeout_at=time.monotonic() + float(timeout) if timeout else None,
             vmstat_oom_start=procs.read_vmstat_oom_kills(),
+            log_start=memguard.log_size(spec["log_path"]),
         )
         self.job.cgroup = self.create_cgroup(self.job)
         self.job.phase = "setup" if task.get("setup") else "run"
@@ -216,6 +220,8 @@ class Executor:
                 join_cgroup_files(procs_files)
             if "oom_score" not in self.config.disabled:
                 procs.set_oom_score_adj(JOB_OOM_SCORE_ADJ)
+            if self.uses_data_limit(job):
+                memguard.apply_data_limit(int(job.limit_bytes or 0))
             procs.set_parent_death_signal(signal.SIGKILL, os.getppid())
             procs.reset_signals_for_exec()
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
@@ -247,10 +253,19 @@ class Executor:
 
     # -- watching the job -------------------------------------------------------------
 
+    def uses_data_limit(self, job: RunningJob) -> bool:
+        """The RLIMIT_DATA backstop under the watchdog (``SKY_MINI_DISABLE=memguard``: off)."""
+        return self.memory_mechanism_for(job) == "watchdog" and memguard.enabled(
+            self.config.disabled
+        )
+
     def reap_children(self) -> None:
-        for pid, status in procs.reap_any():
-            if self.job is not None and pid == self.job.pid:
-                self.job.status = status
+        for pid, status, peak in procs.reap_any_with_rusage():
+            if self.job is not None:
+                # Every child of this executor is the job or one of its orphans.
+                self.job.peak_bytes = max(self.job.peak_bytes, peak)
+                if pid == self.job.pid:
+                    self.job.status = status
 
     def enforce_limits(self, now: float) -> None:
         job = self.job
@@ -269,6 +284,7 @@ class Executor:
         job.next_sample = now + PEAK_SAMPLE_INTERVAL_SECONDS
         # Every descendant of this executor belongs to the job (orphans reparent here).
         total = procs.tree_rss(os.getpid(), include_self=False)
+        job.last_rss = total
         job.peak_bytes = max(job.peak_bytes, total)
         watchdog = self.memory_mechanism_for(job) == "watchdog"
         over = job.limit_bytes is not None and total > job.limit_bytes
@@ -339,6 +355,18 @@ class Executor:
         from sky_mini.cgroups import classify_memory_death
 
         memory_death = classify_memory_death(limit, peak or None, oom_kills, killed_by)
+        if (
+            job.stop_reason is None
+            and memory_death is None
+            and self.uses_data_limit(job)
+            and memguard.allocation_refused(job.log_path, job.log_start)
+        ):
+            return done(
+                JobStatus.KILLED,
+                ReasonCode.MEMORY_LIMIT,
+                f"out of memory: an allocation over the limit {format_size(limit)} was refused "
+                f"(watchdog, RLIMIT_DATA; peak {format_size(peak)}) — raise resources.memory",
+            )
         if job.stop_reason == "memory_limit" or memory_death == "memory_limit":
             used = format_size(max(peak, limit or 0))
             return done(

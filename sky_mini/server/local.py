@@ -84,7 +84,7 @@ class LocalBackend:
             disabled=self.disabled,
         )
         pid, cmd_w, evt_r = fork_tied(
-            f"sky-mini: executor {handle.name}",
+            f"executor {handle.name}",
             self.disabled,
             lambda cmd_fd, evt_fd: executor_main(config, cmd_fd, evt_fd),
         )

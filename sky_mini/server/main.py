@@ -34,6 +34,7 @@ from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server import batch
 from sky_mini.server.backend import Backend, BackendEvent
 from sky_mini.server.hooks import HookRunner
+from sky_mini.spec import effective_cpus
 from sky_mini.state import Store, acquire_flock, atomic_write_json, read_json
 from sky_mini.units import format_size
 
@@ -97,9 +98,14 @@ class Capacity:
         )
 
 
-def job_needs(record: JobRecord) -> tuple[float, int]:
+def job_needs(record: JobRecord, machine_cpus: float) -> tuple[float, int]:
+    """What a job reserves; a default CPU request is min(1, ``machine_cpus``)."""
     resources = record.task.get("resources") or {}
-    cpus = float(resources.get("cpus") or 1.0)
+    cpus = effective_cpus(
+        float(resources.get("cpus") or 1.0),
+        bool(resources.get("cpus_defaulted", False)),
+        machine_cpus,
+    )
     memory = int(resources.get("memory_bytes") or 0)
     return cpus, memory
 
@@ -657,7 +663,7 @@ class Server:
             if held is not None:
                 self.note_waiting(record, held)
                 continue
-            cpus, memory = job_needs(record)
+            cpus, memory = job_needs(record, self.capacity.cpus)
             if not self.capacity.fits_ever(cpus, memory):
                 self.fail_never_fits(record, cpus, memory, now)
                 continue
@@ -949,12 +955,10 @@ def run_server(
     detached: bool,
 ) -> int:
     """``sky-mini serve --foreground``: returns the process exit code."""
+    procs.ensure_title_room(paths.home)
     ensure_dirs(paths)
     configure_logging(paths, detached=detached)
-    with contextlib.suppress(Exception):
-        import setproctitle
-
-        setproctitle.setproctitle("sky-mini: server")
+    procs.set_title("server", paths.home)
     server = Server(
         paths, settings, idle_minutes=idle_minutes, executors=executors, detached=detached
     )

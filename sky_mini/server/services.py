@@ -53,7 +53,7 @@ def spawn_controller(config: ControllerConfig) -> tuple[int, int, int]:
     from sky_mini.server.tied import fork_tied
 
     return fork_tied(
-        "sky-mini: services-controller",
+        "services-controller",
         config.disabled,
         lambda cmd_fd, evt_fd: controller_main(config, cmd_fd, evt_fd),
     )

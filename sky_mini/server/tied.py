@@ -23,14 +23,15 @@ ChildMain = Callable[[int, int], int]
 """Runs in the child with (command read fd, event write fd); returns its exit code."""
 
 
-def fork_tied(title: str, disabled: frozenset[str], main: ChildMain) -> tuple[int, int, int]:
-    """Fork a tied child titled ``title``; return (pid, command write fd, event read fd)."""
+def fork_tied(role: str, disabled: frozenset[str], main: ChildMain) -> tuple[int, int, int]:
+    """Fork a tied child titled for ``role`` (``executor job-0``; see ``procs.set_title``);
+    return (pid, command write fd, event read fd)."""
     server_pid = os.getpid()
     cmd_r, cmd_w = os.pipe()
     evt_r, evt_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        run_tied_child(title, server_pid, disabled, cmd_r, evt_w, main)
+        run_tied_child(role, server_pid, disabled, cmd_r, evt_w, main)
     os.close(cmd_r)
     os.close(evt_w)
     os.set_blocking(cmd_w, True)
@@ -38,7 +39,7 @@ def fork_tied(title: str, disabled: frozenset[str], main: ChildMain) -> tuple[in
 
 
 def run_tied_child(
-    title: str,
+    role: str,
     server_pid: int,
     disabled: frozenset[str],
     cmd_fd: int,
@@ -55,10 +56,7 @@ def run_tied_child(
         if "subreaper" not in disabled:
             procs.set_child_subreaper()
         procs.close_fds_except((0, 1, 2, cmd_fd, evt_fd))
-        with contextlib.suppress(Exception):
-            import setproctitle
-
-            setproctitle.setproctitle(title)
+        procs.set_title(role)
         code = main(cmd_fd, evt_fd)
     except BaseException:  # noqa: BLE001 - report, then exit without unwinding into the server
         import traceback

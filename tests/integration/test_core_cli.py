@@ -109,12 +109,29 @@ def group_members(pgid: int) -> list[int]:
 
 def test_process_titles_name_server_and_executors(sky: SkyMini) -> None:
     server = sky.serve_foreground("--executors", "2")
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True
+    ).stdout
     rows = [line.split(None, 2) for line in out.splitlines()[1:]]
     titles = {int(pid): args for pid, ppid, args in rows if int(ppid) == server.pid}
-    assert sorted(titles.values()) == ["sky-mini: executor job-0", "sky-mini: executor job-1"]
+    suffix = f" [{sky.home}]"  # a non-default home is named in every title
+    assert sorted(titles.values()) == [
+        f"sky-mini: executor job-0{suffix}",
+        f"sky-mini: executor job-1{suffix}",
+    ]
     own = [args for pid, _, args in rows if int(pid) == server.pid]
-    assert own == ["sky-mini: server"]
+    assert own == [f"sky-mini: server{suffix}"]
+    # setproctitle kept the environment block: tools that read it still find the home.
+    for pid in [server.pid, *titles]:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read().split(b"\0")
+        assert f"SKY_MINI_HOME={sky.home}".encode() in environ, pid
+
+
+def test_jobs_do_not_inherit_the_title_switches(sky: SkyMini) -> None:
+    sky.serve_foreground()
+    result = sky.run("jobs", "launch", "--", "sh", "-c", "env | grep -c 'SPT_NOENV\\|TITLE_ROOM'")
+    assert result.out.strip().splitlines()[-1] == "0", result
 
 
 @pytest.mark.parametrize(

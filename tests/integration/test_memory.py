@@ -17,6 +17,8 @@ from tests.helpers import SkyMini, wait_for
 MiB = 1024 * 1024
 HOG = f"{sys.executable} -c 'x = [bytearray(2**20) for _ in range(500)]; print(len(x))'"
 SLOT_FREED_BOUND_SECONDS = 1.0  # the contract: the next job starts within 1 s
+WATCHDOG_BOUND = 1.25  # issue 11: without a cgroup, stopped before 1.25x the limit
+BIG = f"{sys.executable} -c 'x = bytearray(300 * 2**20); print(len(x))'"
 
 
 def launch(sky: SkyMini, *args: str) -> int:
@@ -36,10 +38,13 @@ def test_over_limit_is_killed_memory_limit_and_the_next_job_starts(
     record = sky.wait_job(hog, ("KILLED", "FAILED", "SUCCEEDED"))
     assert record["status"] == "KILLED", record
     assert record["reason_code"] == "memory_limit"
-    assert record["reason"].startswith("out of memory: used")
+    assert record["reason"].startswith("out of memory:")
     assert "limit 64 MiB" in record["reason"]
     assert record["memory_mechanism"] == mechanism
-    assert record["peak_memory_bytes"] >= 64 * MiB
+    if mechanism == "cgroup":
+        assert record["peak_memory_bytes"] >= 64 * MiB
+    else:  # refused at the limit by RLIMIT_DATA, or stopped by the sampler just above it
+        assert 0 < record["peak_memory_bytes"] <= WATCHDOG_BOUND * 64 * MiB
     nxt = sky.wait_job(follower, ("SUCCEEDED",))
     assert nxt["started_at"] - record["finished_at"] < SLOT_FREED_BOUND_SECONDS
     listed = sky.run("jobs", "queue", "--json", check=True).json()
@@ -152,3 +157,39 @@ def test_host_oom_without_a_job_limit_is_killed_oom(sky: SkyMini, host_oom_cgrou
     assert record["status"] == "KILLED", record
     assert record["reason_code"] == "oom"
     assert record["reason"].startswith("out of memory")
+
+
+# -- the watchdog without a writable cgroup: one large allocation ---------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [BIG, f"{BIG}; true", f'sh -c "{BIG}" & wait'],
+    ids=["plain", "wrapper-exits-0", "child-of-a-child"],
+)
+def test_one_300mb_allocation_on_a_64mib_watchdog_limit_stays_under_80mib(
+    sky: SkyMini, command: str
+) -> None:
+    sky.extra_env["SKY_MINI_MEMORY_MECHANISM"] = "watchdog"
+    sky.serve_foreground("--executors", "1")
+    job = launch(sky, "--memory", "64M", "--", "sh", "-c", command)
+    record = sky.wait_job(job, ("KILLED", "FAILED", "SUCCEEDED"))
+    assert record["status"] == "KILLED" and record["reason_code"] == "memory_limit", record
+    assert "limit 64 MiB" in record["reason"]
+    # The peak is the kernel's high-water mark (wait4 ru_maxrss), not only our samples.
+    assert 0 < record["peak_memory_bytes"] <= WATCHDOG_BOUND * 64 * MiB, record
+
+
+def test_negative_control_50ms_sampling_alone_overshoots(sky: SkyMini) -> None:
+    """Without the backstop and the fast sampler, the same allocation gets far past 80 MiB
+    (a try may be caught early by luck, more so on a loaded machine, so up to six)."""
+    sky.extra_env.update(SKY_MINI_MEMORY_MECHANISM="watchdog", SKY_MINI_DISABLE="memguard")
+    sky.serve_foreground("--executors", "1")
+    peaks = []
+    for _ in range(6):
+        job = launch(sky, "--memory", "64M", "--", "sh", "-c", BIG)
+        record = sky.wait_job(job, ("KILLED", "FAILED", "SUCCEEDED"))
+        peaks.append(record["peak_memory_bytes"] or 0)
+        if peaks[-1] > WATCHDOG_BOUND * 64 * MiB:
+            break
+    assert max(peaks) > WATCHDOG_BOUND * 64 * MiB, peaks

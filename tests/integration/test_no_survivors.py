@@ -7,6 +7,7 @@ Every check here has a negative control that turns the mechanism off with the te
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -307,8 +308,14 @@ def run_as_pid1(sky: SkyMini, disable: str) -> tuple[subprocess.Popen[bytes], in
     )
     sky.servers.append(unshare)
     init = ns_init_pid(unshare)
-    wait_for(lambda: (sky.status() or {}).get("pid") == 1 and sky.status_ok(), message="PID 1")
+    wait_for(lambda: pid1_healthy(sky, init), 60, "PID 1 healthy by 'api status' inside")
     return unshare, init
+
+
+def pid1_healthy(sky: SkyMini, init: int) -> bool:
+    """The container HEALTHCHECK: ``sky-mini api status`` run inside the namespace."""
+    done = nsenter(sky, init, sys.executable, "-m", "sky_mini", "api", "status", "--json")
+    return done.returncode == 0 and json.loads(done.stdout).get("pid") == 1
 
 
 @pytest.mark.root

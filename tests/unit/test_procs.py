@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from sky_mini import procs
 from tests.helpers import pid_alive, wait_for
@@ -42,3 +43,20 @@ def test_rss_of_a_gone_process_is_zero() -> None:
 def test_vmstat_oom_counter_is_readable() -> None:
     value = procs.read_vmstat_oom_kills()
     assert value is None or value >= 0
+
+
+def test_title_names_a_home_that_is_not_the_default() -> None:
+    default = os.path.expanduser("~/.sky-mini")
+    assert procs.title_for("server", default) == "sky-mini: server"
+    assert procs.title_for("server", None) == "sky-mini: server"
+    assert procs.title_for("executor job-0", "/srv/sky") == "sky-mini: executor job-0 [/srv/sky]"
+
+
+def test_pid_1_is_judged_by_its_create_time_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SKY_MINI_DISABLE", raising=False)
+    real = procs.process_create_time(1)
+    assert real is not None
+    assert procs.is_same_process(1, real)
+    assert not procs.is_same_process(1, real + 100)  # another PID 1 (e.g. a namespace's)
+    monkeypatch.setenv("SKY_MINI_DISABLE", "pid1")  # the negative control brings back the bug
+    assert not procs.is_same_process(1, real)

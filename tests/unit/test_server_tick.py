@@ -75,8 +75,15 @@ def make_server(tmp: str, *, cpus: float, memory: int, slots: int, **kw: Any) ->
     return server
 
 
-def submit(server: Server, cpus: float = 1.0, memory: int | None = None) -> JobRecord:
-    resources = {"cpus": cpus, "memory_bytes": memory, "timeout_seconds": None}
+def submit(
+    server: Server, cpus: float = 1.0, memory: int | None = None, *, defaulted: bool = False
+) -> JobRecord:
+    resources = {
+        "cpus": cpus,
+        "cpus_defaulted": defaulted,
+        "memory_bytes": memory,
+        "timeout_seconds": None,
+    }
     store = Store(server.paths)
     record = store.create_job(
         lambda i: JobRecord(
@@ -292,3 +299,16 @@ def test_work_arriving_during_an_idle_stop_is_noticed(tmp_path: Any) -> None:
     # A CLI that saw the server still up records a job and wakes it; dispatch is closed.
     submit_record(server.paths)
     assert server.work_arrived()
+
+
+def test_default_cpu_jobs_run_one_at_a_time_on_a_half_cpu_box(tmp_path: Any) -> None:
+    server = make_server(str(tmp_path), cpus=0.5, memory=GiB(1), slots=1)
+    first, second = submit(server, defaulted=True), submit(server, defaulted=True)
+    explicit = submit(server, cpus=1.0)
+    server.dispatch_pending(server.clock())
+    assert server.jobs[first.id].status is JobStatus.STARTING
+    assert server.capacity.used_cpus == 0.5  # min(1, machine CPUs)
+    assert server.jobs[second.id].status is JobStatus.PENDING
+    stored = Store(server.paths).load_job(explicit.id)
+    assert stored is not None and stored.reason_code == "never_fits"
+    assert stored.reason is not None and "at most 0.5 CPU" in stored.reason

@@ -24,6 +24,7 @@ from sky_mini.spec import (
     TaskSpec,
     apply_overrides,
     check_fits,
+    effective_cpus,
     load_service,
     load_task,
     parse_env_assignments,
@@ -94,7 +95,9 @@ resources:
     assert task.envs == {"DATE": "today"}
     assert task.setup == "pip install -r requirements.txt"
     assert task.run == "python etl.py --date $DATE"
-    assert task.resources == ResourceSpec(cpus=1.0, memory_bytes=512 * MiB, timeout_seconds=1800)
+    assert task.resources == ResourceSpec(
+        cpus=1.0, memory_bytes=512 * MiB, timeout_seconds=1800, cpus_defaulted=False
+    )
 
 
 def test_run_as_list_is_joined_with_newlines(tmp_path: Path) -> None:
@@ -688,7 +691,9 @@ def test_apply_overrides_replaces_fields(tmp_path: Path) -> None:
     base = load_task(write(tmp_path, "name: a\nrun: x\nresources: {cpus: 2, memory: 1G}\n"))
     out = apply_overrides(base, name="b", cpus="0.5", memory="2G", timeout="10m")
     assert out.name == "b"
-    assert out.resources == ResourceSpec(cpus=0.5, memory_bytes=2 * GiB, timeout_seconds=600)
+    assert out.resources == ResourceSpec(
+        cpus=0.5, memory_bytes=2 * GiB, timeout_seconds=600, cpus_defaulted=False
+    )
     assert base.name == "a"  # the original is untouched
     assert apply_overrides(base, cpus=3.0).resources.memory_bytes == GiB
 
@@ -800,7 +805,12 @@ def test_check_fits_rejects_too_much_memory() -> None:
 
 def test_check_fits_rejects_too_many_cpus() -> None:
     with pytest.raises(SpecError) as info:
-        check_fits(ResourceSpec(cpus=8), machine_cpus=1.5, machine_memory_bytes=GiB, path="t.yaml")
+        check_fits(
+            ResourceSpec(cpus=8, cpus_defaulted=False),
+            machine_cpus=1.5,
+            machine_memory_bytes=GiB,
+            path="t.yaml",
+        )
     assert info.value.key == "resources.cpus"
     assert "8 CPUs" in info.value.problem and "(1.5 CPU)" in info.value.problem
     assert "SKY_MINI_CPUS" in info.value.problem
@@ -824,7 +834,12 @@ def test_resource_and_task_json_round_trip(tmp_path: Path) -> None:
         "setup": "s",
         "workdir": str(tmp_path),
         "envs": {"A": "1"},
-        "resources": {"cpus": 0.5, "memory_bytes": GiB, "timeout_seconds": 300.0},
+        "resources": {
+            "cpus": 0.5,
+            "cpus_defaulted": False,
+            "memory_bytes": GiB,
+            "timeout_seconds": 300.0,
+        },
     }
     assert TaskSpec.from_json(data) == task
     assert ResourceSpec.from_json(data["resources"]) == task.resources
@@ -886,7 +901,7 @@ workdir: app
         replicas=3,
         port=8080,
         readiness_probe=ReadinessProbe("/health", 5.0, 2.0),
-        resources=ResourceSpec(cpus=0.5, memory_bytes=256 * MiB),
+        resources=ResourceSpec(cpus=0.5, memory_bytes=256 * MiB, cpus_defaulted=False),
         envs={"HOST": "127.0.0.1"},
         workdir=str(tmp_path / "app"),
     )
@@ -983,3 +998,37 @@ def test_service_shares_file_checks(tmp_path: Path) -> None:
     assert "more than one YAML document" in err.problem
     err = service_error(tmp_path, "name: a\nrun: x\nresources: {memory: 1}\n")
     assert err.key == "resources.memory"
+
+
+def test_default_cpus_fit_a_half_cpu_box_but_an_explicit_request_does_not(
+    tmp_path: Path,
+) -> None:
+    default = load_task(write(tmp_path, "run: x\n")).resources
+    assert default.cpus_defaulted
+    check_fits(default, machine_cpus=0.5, machine_memory_bytes=GiB, path="t.yaml")
+    explicit = load_task(write(tmp_path, "run: x\nresources: {cpus: 1}\n")).resources
+    assert not explicit.cpus_defaulted
+    with pytest.raises(SpecError) as err:
+        check_fits(explicit, machine_cpus=0.5, machine_memory_bytes=GiB, path="t.yaml")
+    assert err.value.key == "resources.cpus" and "(0.5 CPU)" in err.value.problem
+    by_flag = apply_overrides(load_task(write(tmp_path, "run: x\n")), cpus="1").resources
+    with pytest.raises(SpecError):
+        check_fits(by_flag, machine_cpus=0.5, machine_memory_bytes=GiB, path="t.yaml")
+    assert effective_cpus(1.0, True, 0.5) == 0.5 and effective_cpus(1.0, True, 4) == 1.0
+    # Old records (no key) are explicit requests: never silently shrunk.
+    assert not ResourceSpec.from_json({"cpus": 1.0}).cpus_defaulted
+
+
+def test_a_service_with_default_cpus_fits_a_half_cpu_box(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text("name: web\nrun: python -m http.server $PORT\nreplicas: 2\n")
+    service = load_service(str(path))
+    check_fits(service.resources, machine_cpus=0.5, machine_memory_bytes=GiB, path=str(path))
+    path.write_text("name: web\nrun: x\nresources: {cpus: 1}\n")
+    with pytest.raises(SpecError):
+        check_fits(
+            load_service(str(path)).resources,
+            machine_cpus=0.5,
+            machine_memory_bytes=GiB,
+            path=str(path),
+        )
