@@ -30,7 +30,7 @@ from sky_mini import __version__, procs
 from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
-from sky_mini.server.backend import Backend, BackendEvent
+from sky_mini.server.backends.base import Backend, BackendEvent
 from sky_mini.state import Store, acquire_flock, atomic_write_json, read_json
 from sky_mini.units import format_size
 
@@ -197,6 +197,7 @@ class Server:
         self.configure_host()
         self.open_wake_fifo()
         self.install_signal_handlers()
+        self.create_backend()
         self.reconcile_previous_instance()
         self.start_backend()
         self.load_new_jobs()
@@ -261,8 +262,9 @@ class Server:
         }
         self.pool = pool
 
-    def start_backend(self) -> None:
-        from sky_mini.server.local import LocalBackend
+    def create_backend(self) -> None:
+        """Build the backend (nothing runs yet: ``reattach`` comes before ``start``)."""
+        from sky_mini.server.backends.local import LocalBackend
 
         backend = LocalBackend(
             self.pool.job_executors,
@@ -272,8 +274,11 @@ class Server:
             disabled=self.settings.disabled,
         )
         backend.on_close = self.forget_fd
-        backend.start()
         self.backend = backend
+
+    def start_backend(self) -> None:
+        assert self.backend is not None
+        self.backend.start()
         self.register_backend_fds()
 
     def forget_fd(self, fd: int) -> None:
@@ -319,6 +324,7 @@ class Server:
             if killed:
                 log.warning("killed %d leftover process(es) of a previous server", len(killed))
         leftovers: list[str] = []
+        interrupted: list[JobRecord] = []
         candidates, next_id = self.unfinished_job_ids()
         for job_id in candidates:
             record = self.store.load_job(job_id)
@@ -328,27 +334,28 @@ class Server:
                 self.adopt_job(job_id)
             elif record.status.is_active:
                 leftovers.extend(record.cgroup_paths)
-                from sky_mini.server.local import kill_job_leftovers
-
-                if procs.is_same_process(record.pid, record.pid_create_time):
-                    kill_job_leftovers(record.pgid, record.cgroup_paths)
-                when = (
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_seen))
-                    if isinstance(last_seen, int | float)
-                    else "an unknown time"
-                )
-                record.finish(
-                    JobStatus.KILLED,
-                    now=self.clock(),
-                    reason=(
-                        f"the server stopped while this job ran (last seen alive {when}); "
-                        "submit it again"
-                    ),
-                    reason_code=ReasonCode.SUPERVISOR_LOST.value,
-                    exit_code=None,
-                )
-                self.save_job(record)
-                log.warning("job %d was running when the previous server died", job_id)
+                interrupted.append(record)
+        reattached = set(self.reattach_jobs(interrupted))
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_seen))
+            if isinstance(last_seen, int | float)
+            else "an unknown time"
+        )
+        for record in interrupted:
+            if record.id in reattached:
+                continue
+            record.finish(
+                JobStatus.KILLED,
+                now=self.clock(),
+                reason=(
+                    f"the server stopped while this job ran (last seen alive {when}); "
+                    "submit it again"
+                ),
+                reason_code=ReasonCode.SUPERVISOR_LOST.value,
+                exit_code=None,
+            )
+            self.save_job(record)
+            log.warning("job %d was running when the previous server died", record.id)
         # Every record below the counter *as read above* has been looked at, so the first
         # load_new_jobs need not read the whole history again. Not the counter now: CLIs
         # racing this start may have recorded jobs since, and load_new_jobs must adopt them.
@@ -360,6 +367,17 @@ class Server:
 
             with contextlib.suppress(OSError):
                 sweep_base(self.cgroup_caps, f"sky-mini-{self.key}", leftovers)
+
+    def reattach_jobs(self, records: list[JobRecord]) -> list[int]:
+        """Offer each backend its interrupted jobs; return the IDs one took back."""
+        assert self.backend is not None
+        backend = self.backend
+        taken = backend.reattach([r for r in records if backend.owns(r)])
+        for record in records:
+            if record.id in taken:
+                record.instance_id = self.instance_id
+                self.jobs[record.id] = record
+        return taken
 
     def unfinished_job_ids(self) -> tuple[list[int], int]:
         """IDs that may be unfinished, and the next ID as read when they were listed.
@@ -709,7 +727,7 @@ class Server:
     def shutdown_complete(self, now: float) -> bool:
         if self.stop_requested is None or self.backend is None:
             return False
-        from sky_mini.server.local import LocalBackend
+        from sky_mini.server.backends.local import LocalBackend
 
         backend = self.backend
         if isinstance(backend, LocalBackend):

@@ -269,7 +269,7 @@ class ServicesSupervisor:
         delay = crash_delay(len(self.crash_times))
         self.next_start_at = now + delay
         handle.state = "backoff" if delay else "dead"
-        from sky_mini.server.local import describe_returncode
+        from sky_mini.server.backends.local.pool import describe_returncode
 
         log.warning(
             "services-controller (pid %d) died (%s)%s; %s",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus
 from sky_mini.paths import Paths, ensure_dirs
-from sky_mini.server.backend import BackendEvent
+from sky_mini.server.backends.base import BackendEvent
 from sky_mini.server.main import Capacity, Server
 from sky_mini.state import Store
 from tests.helpers import FakeClock as Clock
@@ -30,7 +30,13 @@ class FakeBackend:
         self.stops: list[tuple[int, str]] = []
         self.events: list[BackendEvent] = []
 
+    def owns(self, record: JobRecord) -> bool:
+        return True
+
     def start(self) -> None: ...
+
+    def reattach(self, records: list[JobRecord]) -> list[int]:
+        return []
 
     def filenos(self) -> list[int]:
         return []
