@@ -263,6 +263,11 @@ def stop_server(paths: Paths, timeout: float) -> int | None:
                 f"the server (pid {pid}) did not stop within {timeout:g}s; see {paths.server_log}"
             )
         time.sleep(POLL_SECONDS)
+    # It releases the lock just before the interpreter exits: wait for the exit as well.
+    from sky_mini.procs import is_running
+
+    while is_running(pid, status.get("create_time")) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS / 10)
     return pid
 
 

@@ -139,6 +139,17 @@ def is_same_process(pid: int | None, create_time: float | None) -> bool:
     return actual is not None and abs(actual - create_time) < CREATE_TIME_TOLERANCE
 
 
+def is_running(pid: int | None, create_time: float | None) -> bool:
+    """Like :func:`is_same_process`, but a zombie (exited, not yet reaped) is not running."""
+    if not is_same_process(pid, create_time):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def marker_for(instance_id: str, owner: str) -> str:
     return f"{instance_id}:{owner}"
 
@@ -292,6 +303,37 @@ def returncode_from_status(status: int) -> int:
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     return -1
+
+
+def status_from_returncode(returncode: int) -> int:
+    """The raw wait status for a ``subprocess``-style returncode (inverse of the above)."""
+    return -returncode if returncode < 0 else (returncode & 0xFF) << 8
+
+
+def open_fds() -> list[int]:
+    """This process's open descriptors (``/proc/self/fd``, without the listing's own)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(1024)]
+    found = []
+    for name in names:
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the directory listing's own descriptor, closed by now
+        found.append(fd)
+    return found
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close each of ``fds`` that is open."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def close_fds_except(keep: Iterable[int]) -> None:

@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 
 from sky_mini import procs
 from sky_mini.server.channel import LineReader, send_message
-from sky_mini.server.tied import LoopSignals
+from sky_mini.server.tied import LoopSignals, parent_gone, parent_sentinel
 from sky_mini.services import (
     LB_HOST,
     SCHEMA_VERSION,
@@ -431,6 +431,9 @@ class Controller:
     def run(self) -> int:
         self.selector.register(self.commands.fd, selectors.EVENT_READ, ("cmd", None))
         self.selector.register(self.signals.read_fd, selectors.EVENT_READ, ("sig", None))
+        sentinel = parent_sentinel()
+        if sentinel is not None:
+            self.selector.register(sentinel, selectors.EVENT_READ, ("parent", None))
         self.reload(self.clock())
         while True:
             now = self.clock()
@@ -444,13 +447,15 @@ class Controller:
                 self.dispatch(key.data, key.fileobj, mask, now)
             for message in self.commands.read_messages():
                 self.handle_command(message, now)
-            if self.commands.eof:
+            if self.commands.eof or parent_gone():
                 if "pipe" not in self.config.disabled:
-                    self.handle_server_gone("command pipe closed (the server is gone)")
+                    why = "command pipe closed" if self.commands.eof else "parent sentinel EOF"
+                    self.handle_server_gone(f"{why} (the server is gone)")
                     return 0
-                # Test-only negative control: ignore the server's death on the pipe.
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(self.commands.fd)
+                # Test-only negative control: ignore the server's death on both pipes.
+                for fd in (self.commands.fd, -1 if sentinel is None else sentinel):
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.selector.unregister(fd)
             self.reap_children(now)
             self.step(now)
             self.publish(now)

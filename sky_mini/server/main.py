@@ -286,11 +286,23 @@ class Server:
             self.selector.unregister(fd)
 
     def register_backend_fds(self) -> None:
+        """Wait on the backend's descriptors and on every tied child's sentinel."""
         assert self.backend is not None
         registered = {key.fd for key in self.selector.get_map().values()}
         for fd in self.backend.filenos():
             if fd not in registered:
                 self.selector.register(fd, selectors.EVENT_READ, "backend")
+        self.register_child_sentinels(registered)
+
+    def register_child_sentinels(self, registered: set[int] | None = None) -> None:
+        """Wait on every tied child's ``Process.sentinel``: readable the moment it exits."""
+        from sky_mini.server import tied
+
+        if registered is None:
+            registered = {key.fd for key in self.selector.get_map().values()}
+        for fd in tied.child_sentinels():
+            if fd not in registered:
+                self.selector.register(fd, selectors.EVENT_READ, "child")
 
     def start_services(self) -> None:
         """The services supervisor; it forks the services-controller when a service is up."""
@@ -451,6 +463,7 @@ class Server:
         return TICK_SECONDS
 
     def wait_for_events(self, timeout: float) -> None:
+        self.register_child_sentinels()
         try:
             ready = self.selector.select(timeout)
         except InterruptedError:
@@ -479,24 +492,19 @@ class Server:
         """Reap every exited child: executors, the controller, and adopted orphans.
 
         As PID 1 or a subreaper, orphaned descendants become our children; reaping them all
-        (``waitpid(-1)``) is what keeps a container free of zombies.
+        (``waitid(P_ALL)``, see ``tied.reap_children``) is what keeps a container free of
+        zombies. A tied child's ``Process.sentinel`` in the selector wakes the loop at once.
         """
-        if "reap" in self.settings.disabled:  # test-only negative control
-            reaped = procs.reap_pids(self.own_child_pids())
-        else:
-            reaped = procs.reap_any()
+        from sky_mini.server import tied
+
+        # "reap" off (test-only negative control): only our own tied children are reaped.
+        reaped = tied.reap_children(self.forget_fd, orphans="reap" not in self.settings.disabled)
         for pid, status in reaped:
             if self.backend is not None:
                 for event in self.backend.child_exited(pid, status):
                     self.apply_event(event, self.clock())
             if self.services is not None:
                 self.services.child_exited(pid, status)
-
-    def own_child_pids(self) -> list[int]:
-        pids = [c["pid"] for c in self.backend_components() if c.get("pid")]
-        if self.services is not None:
-            pids += [c["pid"] for c in self.services.components() if c.get("pid")]
-        return pids
 
     def handle_backend_events(self, now: float) -> None:
         if self.backend is None:
