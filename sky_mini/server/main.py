@@ -144,7 +144,7 @@ class Server:
         self.backend: Backend | None = None
         self.capacity = Capacity(cpus=1.0, memory_bytes=1)
         self.details: dict[str, Any] = {}
-        self.services: Any = None  # sky_mini.server.services.ServicesSupervisor
+        self.services: Any = None  # sky_mini.services.supervisor.ServicesSupervisor
 
     # -- start -----------------------------------------------------------------------
 
@@ -306,7 +306,7 @@ class Server:
 
     def start_services(self) -> None:
         """The services supervisor; it forks the services-controller when a service is up."""
-        from sky_mini.server.services import ServicesSupervisor
+        from sky_mini.services.supervisor import ServicesSupervisor
 
         self.services = ServicesSupervisor(
             self.paths,
