@@ -62,6 +62,14 @@ def zombie(pid: int) -> bool:
         return False
 
 
+def title_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
 def fd_targets(pid: int) -> dict[int, str]:
     targets = {}
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -117,6 +125,11 @@ class FakeServer:
         assert self.proc.stdout is not None
         self.children = [int(p) for p in self.proc.stdout.readline().split()]
         self.gone_file = os.path.join(tmp, "gone")
+
+    def wait_until_titled(self) -> None:
+        """Each child set its title: it is past the fork-race check and about to run main."""
+        for pid in self.children:
+            wait_for(lambda pid=pid: title_of(pid).startswith("sky-mini: test"), 10, "title")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -181,7 +194,7 @@ def test_pdeathsig_kills_a_tied_child_when_the_server_dies(
     server = FakeServer(str(tmp_path), mains, disabled, watch=pause)
     servers.append(server)
     (pid,) = server.children
-    wait_for(lambda: pid_alive(pid), message="child up")
+    server.wait_until_titled()
     server.kill()
     if "pdeathsig" in disabled:
         with pytest.raises(AssertionError):
@@ -215,7 +228,7 @@ def test_the_parent_sentinel_reads_eof_when_the_server_dies(
     mains = f"[('watch', watch), ('later', {BLOCK_ON_COMMANDS})]"
     server = FakeServer(str(tmp_path), mains, disabled, watch=WATCH_SENTINEL)
     servers.append(server)
-    wait_for(lambda: all(pid_alive(p) for p in server.children), message="children up")
+    server.wait_until_titled()
     server.kill()
     if "fds" in disabled:
         with pytest.raises(AssertionError):
@@ -280,11 +293,7 @@ def test_a_tied_child_is_a_subreaper_of_its_orphans(
 def test_a_tied_child_is_titled(started: list[tied.TiedChild]) -> None:
     child = start(started)
 
-    def title() -> str:
-        with open(f"/proc/{child.pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode().strip()
-
-    wait_for(lambda: title() == "sky-mini: test child", 10, "the title")
+    wait_for(lambda: title_of(child.pid) == "sky-mini: test child", 10, "the title")
 
 
 def test_an_error_in_a_tied_child_never_unwinds_into_the_server(
