@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sky_mini import procs
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
+from sky_mini.server.admission import job_needs
 from sky_mini.state import read_json
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ def reattach_jobs(server: Server, records: list[JobRecord]) -> list[int]:
         if record.id in taken:
             record.instance_id = server.instance_id
             server.jobs[record.id] = record
+            server.capacity.reserve(record.id, *job_needs(record))  # it still holds them
     return taken
 
 
