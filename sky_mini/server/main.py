@@ -37,7 +37,7 @@ from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server import publish, restart, shutdown, startup
 from sky_mini.server.admission import Capacity, job_needs
 from sky_mini.server.backends.base import Backend, BackendEvent
-from sky_mini.server.startup import AlreadyRunning
+from sky_mini.server.startup import AlreadyRunning, configure_logging
 from sky_mini.state import Store
 from sky_mini.units import format_size
 
@@ -552,25 +552,6 @@ class Server:
 
     def write_status(self, *, force: bool = False, state: str | None = None) -> None:
         publish.write_status(self, force=force, state=state)
-
-
-def configure_logging(paths: Paths, *, detached: bool) -> None:
-    """Log to stderr; a foreground server also appends to server.log for ``api logs``."""
-    root = logging.getLogger("sky_mini")
-    root.setLevel(logging.INFO)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(formatter)
-    root.addHandler(stream)
-    if not detached:
-        with contextlib.suppress(OSError):
-            # Our own open: 0600 and never through a symlink planted in the home.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-            log_file = os.fdopen(os.open(paths.server_log, flags, 0o600), "a", buffering=1)
-            handler = logging.StreamHandler(log_file)
-            handler.setFormatter(formatter)
-            root.addHandler(handler)
-    root.propagate = False
 
 
 def run_server(

@@ -10,9 +10,11 @@ import logging
 import os
 import selectors
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 from sky_mini import procs
+from sky_mini.paths import Paths
 from sky_mini.server.admission import Capacity
 from sky_mini.state import acquire_flock
 
@@ -118,3 +120,22 @@ def configure_host(server: Server) -> None:
         "backend": "local",
     }
     server.pool = pool
+
+
+def configure_logging(paths: Paths, *, detached: bool) -> None:
+    """Log to stderr; a foreground server also appends to server.log for ``api logs``."""
+    root = logging.getLogger("sky_mini")
+    root.setLevel(logging.INFO)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(formatter)
+    root.addHandler(stream)
+    if not detached:
+        with contextlib.suppress(OSError):
+            # Our own open: 0600 and never through a symlink planted in the home.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+            log_file = os.fdopen(os.open(paths.server_log, flags, 0o600), "a", buffering=1)
+            handler = logging.StreamHandler(log_file)
+            handler.setFormatter(formatter)
+            root.addHandler(handler)
+    root.propagate = False
