@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sky_mini import spec
-from sky_mini.spec import yamlio
 from sky_mini.errors import EXIT_USAGE, SpecError, UsageError
 from sky_mini.spec import (
     ReadinessProbe,
@@ -29,6 +28,7 @@ from sky_mini.spec import (
     load_task,
     parse_env_assignments,
     task_from_command,
+    yamlio,
 )
 
 MiB = 1024 * 1024
@@ -162,9 +162,7 @@ def test_non_string_env_name_rejected(tmp_path: Path) -> None:
     assert err.key == "envs"
 
 
-@pytest.mark.parametrize(
-    ("value", "found"), [("[1, 2]", "a list"), ("{a: b}", "a mapping")]
-)
+@pytest.mark.parametrize(("value", "found"), [("[1, 2]", "a list"), ("{a: b}", "a mapping")])
 def test_non_scalar_env_values_rejected(tmp_path: Path, value: str, found: str) -> None:
     err = task_error(tmp_path, f"run: x\nenvs: {{A: {value}}}\n")
     assert err.key == "envs.A"
