@@ -202,6 +202,10 @@ def jobs() -> None:
 @click.option("--cpus", help="CPUs reserved while it runs (default 1).")
 @click.option("--memory", help="Hard memory limit, e.g. 512M.")
 @click.option("--timeout", help="Wall-clock limit, e.g. 30m.")
+@click.option("--infra", help="Where to run: local, slurm or slurm/PARTITION (overrides file).")
+@click.option("--secret", "secrets", multiple=True, metavar="K[=V]", help="Give a secret.")
+@click.option("--after", "after", multiple=True, metavar="ID[,ID]", help="Run after these.")
+@click.option("--dry-run", is_flag=True, help="Check and print the plan; record nothing.")
 @click.option("--async", "detach", is_flag=True, help="Return once recorded; print the ID.")
 @click.option("--json", "as_json", is_flag=True, help="With --async: print a JSON object.")
 def jobs_launch(
@@ -211,6 +215,10 @@ def jobs_launch(
     cpus: str | None,
     memory: str | None,
     timeout: str | None,
+    infra: str | None,
+    secrets: tuple[str, ...],
+    after: tuple[str, ...],
+    dry_run: bool,
     detach: bool,
     as_json: bool,
 ) -> int:
@@ -224,14 +232,51 @@ def jobs_launch(
       sky-mini jobs launch -- sh -c 'echo hi; exit 3'
       sky-mini jobs launch --async --memory 512M --timeout 30m nightly.yaml
     """
-    from sky_mini.jobs import build_task, launch
+    from sky_mini.taskplan import build_plan
 
     if as_json and not detach:
         raise UsageError("--json goes with --async (attached jobs stream their output)")
-    task_spec, source = build_task(
-        args, name=name, envs=envs, cpus=cpus, memory=memory, timeout=timeout
+    after_ids = parse_after(after)
+    plan = build_plan(
+        args,
+        name=name,
+        envs=envs,
+        secrets=secrets,
+        cpus=cpus,
+        memory=memory,
+        timeout=timeout,
+        infra=infra,
+        create_home=not dry_run,
     )
-    return launch(task_spec, source, detach=detach, as_json=as_json)
+    if dry_run:
+        from sky_mini.taskplan import render_plan
+
+        if plan.ignored:
+            click.echo(
+                "sky-mini: note: ignored (they only tune a cloud VM): " + ", ".join(plan.ignored),
+                err=True,
+            )
+        click.echo(render_plan(plan))
+        return 0
+    from sky_mini.jobs import launch
+
+    return launch(plan, after=after_ids, detach=detach, as_json=as_json)
+
+
+def parse_after(values: tuple[str, ...]) -> list[int]:
+    """``--after 3 --after 4,5`` -> [3, 4, 5] (each a valid job ID)."""
+    from sky_mini.client import parse_job_id
+
+    ids: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                job_id = parse_job_id(part.strip())
+            except UsageError as exc:
+                raise UsageError(f"--after {value!r}: {exc.message}") from None
+            if job_id not in ids:
+                ids.append(job_id)
+    return ids
 
 
 @jobs.command("queue", context_settings=CONTEXT)

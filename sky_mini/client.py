@@ -276,12 +276,28 @@ def tail_text(path: str, lines: int) -> str:
 # -- jobs ----------------------------------------------------------------------------------
 
 
-def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
+def submit_job(
+    paths: Paths,
+    task: dict[str, Any],
+    name: str,
+    *,
+    after: Iterable[int] = (),
+    pipeline: str | None = None,
+    secrets: dict[str, str] | None = None,
+) -> JobRecord:
+    """Durably record a PENDING job. Secret values go to a 0600 side file written before
+    the record (so the server never sees the job without them), and secret names are
+    dropped from the recorded client environment."""
     store = Store(paths)
-    env = dict(os.environ)
+    hidden = set(task.get("secrets") or ())
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
     now = time.time()
 
     def build(job_id: int) -> JobRecord:
+        if secrets:
+            from sky_mini.jobsecrets import write_secrets
+
+            write_secrets(paths.job_secrets(job_id), dict(secrets))
         return JobRecord(
             id=job_id,
             task=task,
@@ -289,6 +305,8 @@ def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
             log_path=paths.job_log(job_id),
             submitted_at=now,
             env=env,
+            after=list(after),
+            pipeline=pipeline,
         )
 
     try:
@@ -304,6 +322,16 @@ def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
                 f"cannot write in {paths.jobs_dir}: {exc.strerror}; nothing was recorded"
             ) from None
         raise
+
+
+def check_jobs_exist(paths: Paths, job_ids: Iterable[int], flag: str) -> None:
+    """Refuse (exit 2) an ID no record exists for, e.g. in ``--after``."""
+    store = Store(paths)
+    for job_id in job_ids:
+        if store.load_job(job_id) is None:
+            raise UsageError(
+                f"{flag} {job_id}: no such job; see 'sky-mini jobs queue --all' for job IDs"
+            )
 
 
 def load_job(paths: Paths, job_id: int) -> JobRecord:

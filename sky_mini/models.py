@@ -63,6 +63,7 @@ class ReasonCode(enum.StrEnum):
     SETUP_FAILED = "setup_failed"
     CANNOT_START = "cannot_start"
     NEVER_FITS = "never_fits"
+    DEPENDENCY_FAILED = "dependency_failed"
 
 
 class FutureSchemaError(ValueError):
@@ -91,6 +92,8 @@ class JobRecord:
     cgroup_paths: list[str] = field(default_factory=list)
     memory_mechanism: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # the submitting client's environment
+    after: list[int] = field(default_factory=list)  # runs once all of these SUCCEEDED
+    pipeline: str | None = None  # the pipeline or job group this job belongs to
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +120,8 @@ class JobRecord:
             "executor": self.executor,
             "memory_mechanism": self.memory_mechanism,
             "resources": self.task.get("resources", {}),
+            "after": list(self.after),
+            "pipeline": self.pipeline,
         }
 
     def duration(self, now: float | None = None) -> float | None:

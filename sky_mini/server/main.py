@@ -31,6 +31,7 @@ from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server.backend import Backend, BackendEvent
+from sky_mini.server.gpus import GpuPool, detect_gpu_pool, skypilot_env
 from sky_mini.state import Store, acquire_flock, atomic_write_json, read_json
 from sky_mini.units import format_size
 
@@ -143,6 +144,8 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.backend: Backend | None = None
         self.capacity = Capacity(cpus=1.0, memory_bytes=1)
+        self.gpu_pool = GpuPool([])
+        self.gpu_assignments: dict[int, list[int]] = {}
         self.details: dict[str, Any] = {}
         self.services: Any = None  # sky_mini.server.services.ServicesSupervisor
 
@@ -223,6 +226,7 @@ class Server:
             log.warning("%s", pool.warning)
             self.warnings.append(pool.warning)
         self.capacity = Capacity(cpus=detected.cpus, memory_bytes=pool.usable_memory_bytes)
+        self.gpu_pool = detect_gpu_pool()
         caps = detect_capabilities(disabled="cgroup" in settings.disabled)
         for warning in caps.warnings:
             log.warning("%s", warning)
@@ -258,6 +262,7 @@ class Server:
             "subreaper": subreaper,
             "pid1": self.pid1,
             "backend": "local",
+            "gpus": list(self.gpu_pool.devices),
         }
         self.pool = pool
 
@@ -516,6 +521,7 @@ class Server:
             record.started_at = record.started_at or now
             self.save_job(record)
             self.capacity.release(record.id)
+            self.release_job_extras(record.id)
             del self.jobs[record.id]
             self.active_dirty = True
             log.info(
@@ -560,6 +566,7 @@ class Server:
                     exit_code=None,
                 )
                 self.save_job(record)
+                self.release_job_extras(job_id)
                 del self.jobs[job_id]
                 self.active_dirty = True
                 self.status_dirty = True
@@ -592,6 +599,8 @@ class Server:
             record = self.jobs[job_id]
             if record.status is not JobStatus.PENDING:
                 continue
+            if record.after and not self.dependencies_allow(record, now):
+                continue
             cpus, memory = job_needs(record)
             if not self.capacity.fits_ever(cpus, memory):
                 self.fail_never_fits(record, cpus, memory, now)
@@ -602,6 +611,8 @@ class Server:
             if not self.capacity.fits_now(cpus, memory):
                 self.note_waiting(record, self.capacity.waiting_reason(cpus, memory))
                 continue
+            if not self.reserve_gpus(record):
+                continue
             self.capacity.reserve(job_id, cpus, memory)
             record.status = JobStatus.STARTING
             record.reason = None
@@ -610,9 +621,66 @@ class Server:
             self.save_job(record, durable=False)
             self.status_dirty = True
 
+    def dependencies_allow(self, record: JobRecord, now: float) -> bool:
+        """``after`` gating: True to go on; else the job waits (reason noted) or was
+        cancelled with ``dependency_failed``."""
+        from sky_mini.server.deps import dependency_gate
+
+        def lookup(job_id: int) -> JobRecord | None:
+            return self.jobs.get(job_id) or self.store.load_job(job_id)
+
+        gate = dependency_gate(record, lookup)
+        if gate.action == "wait":
+            self.note_waiting(record, gate.reason or "waiting")
+            return False
+        if gate.action == "cancel":
+            record.finish(
+                JobStatus.CANCELLED,
+                now=now,
+                reason=gate.reason,
+                reason_code=ReasonCode.DEPENDENCY_FAILED.value,
+                exit_code=None,
+            )
+            self.save_job(record)
+            self.release_job_extras(record.id)
+            del self.jobs[record.id]
+            self.active_dirty = True
+            self.status_dirty = True
+            log.info("job %d CANCELLED: %s", record.id, gate.reason)
+            return False
+        return True
+
+    def reserve_gpus(self, record: JobRecord) -> bool:
+        """Take the job's GPUs from the pool (True), or note what it waits for (False)."""
+        resources = record.task.get("resources") or {}
+        count = float(resources.get("gpus") or 0.0)
+        if count <= 0:
+            return True
+        wanted = resources.get("accelerator")
+        indices = self.gpu_pool.pick(wanted, count)
+        if indices is None:
+            self.note_waiting(record, self.gpu_pool.waiting_reason(wanted, count))
+            return False
+        self.gpu_pool.reserve(record.id, indices, count)
+        self.gpu_assignments[record.id] = indices
+        return True
+
+    def release_job_extras(self, job_id: int) -> None:
+        """What a job holds besides CPU/memory: its GPUs and its secrets file."""
+        from sky_mini.jobsecrets import discard_secrets
+
+        self.gpu_pool.release(job_id)
+        self.gpu_assignments.pop(job_id, None)
+        discard_secrets(self.paths.job_secrets(job_id))
+
     def job_payload(self, record: JobRecord) -> dict[str, Any]:
         env = dict(record.env or os.environ)
         env.update(record.task.get("envs") or {})
+        if record.task.get("secrets"):
+            from sky_mini.jobsecrets import read_secrets
+
+            env.update(read_secrets(self.paths.job_secrets(record.id)))
+        env.update(skypilot_env(record, self.gpu_assignments.get(record.id), self.gpu_pool))
         env["SKY_MINI_JOB_ID"] = str(record.id)
         return {
             "id": record.id,
@@ -641,6 +709,7 @@ class Server:
             exit_code=None,
         )
         self.save_job(record)
+        self.release_job_extras(record.id)
         del self.jobs[record.id]
         self.active_dirty = True
         log.warning("job %d can never run here: %s", record.id, reason)

@@ -15,7 +15,6 @@ from sky_mini.spec.resources import (
     ResourceChoice,
     ResourceSpec,
     check_fits,
-    gpu_matches,
     parse_infra,
     parse_resources,
 )
@@ -72,7 +71,6 @@ __all__ = [
     "check_fits",
     "check_required",
     "expand_env_refs",
-    "gpu_matches",
     "load_service",
     "load_task",
     "load_task_file",

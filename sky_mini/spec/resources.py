@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sky_mini.errors import SpecError
+from sky_mini.gpus import gpu_matches
 from sky_mini.spec.values import check_keys, describe, mapping, parse_timeout, parse_with
 from sky_mini.units import format_size, parse_size
 
@@ -317,17 +318,6 @@ def _parse_job_recovery(value: object, path: str, key: str) -> int | None:
             f"expected a whole number from 0 to 100; found {describe(restarts)}",
         )
     return restarts
-
-
-def gpu_matches(wanted: str | None, device: str) -> bool:
-    """Does a detected device (``NVIDIA A100-SXM4-40GB``) satisfy ``A100``?"""
-    if wanted is None:
-        return True
-
-    def norm(text: str) -> str:
-        return re.sub(r"[^A-Z0-9]", "", text.upper())
-
-    return norm(wanted) in norm(device)
 
 
 def fits(resources: ResourceSpec, machine: Machine) -> str | None:
