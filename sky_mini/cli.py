@@ -249,13 +249,9 @@ def jobs_launch(
         create_home=not dry_run,
     )
     if dry_run:
-        from sky_mini.taskplan import render_plan
+        from sky_mini.taskplan import note_ignored, render_plan
 
-        if plan.ignored:
-            click.echo(
-                "sky-mini: note: ignored (they only tune a cloud VM): " + ", ".join(plan.ignored),
-                err=True,
-            )
+        note_ignored(plan)
         click.echo(render_plan(plan))
         return 0
     from sky_mini.jobs import launch

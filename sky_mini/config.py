@@ -30,7 +30,18 @@ from sky_mini.units import parse_size
 
 DISABLE_ENV = "SKY_MINI_DISABLE"
 DISABLE_CHOICES = frozenset(
-    {"cgroup", "subreaper", "sweep", "pdeathsig", "pipe", "oom_score", "reap", "inotify", "revive"}
+    {
+        "cgroup",
+        "subreaper",
+        "sweep",
+        "pdeathsig",
+        "pipe",
+        "oom_score",
+        "reap",
+        "inotify",
+        "revive",
+        "secretfile",
+    }
 )
 
 _SCHEMA: dict[str, dict[str, Any]] = {

@@ -17,24 +17,24 @@ def launch(plan: Any, *, after: Sequence[int] = (), detach: bool, as_json: bool)
     """Record every task of ``plan`` (a pipeline: each after the previous one), wake the
     server, then print the IDs (``--async``) or stream the jobs in order."""
     from sky_mini.taskplan import default_name as task_default_name
+    from sky_mini.taskplan import note_ignored
 
     paths = client.open_home()
-    if plan.ignored:
-        click.echo(
-            "sky-mini: note: ignored (they only tune a cloud VM): " + ", ".join(plan.ignored),
-            err=True,
-        )
+    note_ignored(plan)
     client.check_jobs_exist(paths, after, "--after")
     records: list[JobRecord] = []
     previous = list(after)
     for task in plan.tasks:
+        task_json, secrets = task.to_json(), task.secrets
+        if secrets and secrets_in_record():
+            task_json["envs"] = {**task_json["envs"], **secrets}  # test-only negative control
         record = client.submit_job(
             paths,
-            task.to_json(),
+            task_json,
             task.name or task_default_name(task),
             after=previous,
             pipeline=plan.pipeline,
-            secrets=task.secrets,
+            secrets=secrets,
         )
         records.append(record)
         if not plan.parallel:
@@ -83,6 +83,14 @@ def launch(plan: Any, *, after: Sequence[int] = (), detach: bool, as_json: bool)
         if code == 0 and final.status is not JobStatus.SUCCEEDED:
             code = client.exit_code_of(final)
     return code
+
+
+def secrets_in_record() -> bool:
+    """Test only (``SKY_MINI_DISABLE=secretfile``): put secret values into the record, as
+    a naive implementation would, to prove the secrecy tests can fail."""
+    from sky_mini.follow import is_disabled
+
+    return is_disabled("secretfile")
 
 
 def default_name(run: str) -> str:

@@ -44,22 +44,49 @@ def shorten(text: str | None, width: int = REASON_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def group_pipelines(records: Sequence[JobRecord]) -> list[tuple[str | None, JobRecord]]:
+    """Keep the order, but gather each pipeline's jobs under its first one; the first
+    element says which pipeline starts at that row (None: no new header)."""
+    out: list[tuple[str | None, JobRecord]] = []
+    done: set[int] = set()
+    for index, record in enumerate(records):
+        if record.id in done:
+            continue
+        if record.pipeline is None:
+            out.append((None, record))
+            continue
+        members = [
+            r
+            for r in records[index:]
+            if r.pipeline == record.pipeline and r.id not in done and abs(r.id - record.id) <= 1000
+        ]
+        members.sort(key=lambda r: r.id)
+        for position, member in enumerate(members):
+            out.append((record.pipeline if position == 0 else None, member))
+            done.add(member.id)
+    return out
+
+
 def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str:
+    """One row per job; a pipeline's jobs are grouped under a ``[name]`` row."""
     now = time.time() if now is None else now
-    rows = [
-        (
-            r.id,
-            shorten(r.name, 24),
-            r.status.value,
-            clock_time(r.submitted_at, now),
-            clock_time(r.started_at, now),
-            format_duration(r.duration(now)),
-            r.exit_code,
-            format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
-            shorten(r.reason),
+    rows: list[tuple[Any, ...]] = []
+    for header, r in group_pipelines(records):
+        if header is not None:
+            rows.append(("", shorten(f"[{header}]", 24), "", "", "", "", "", "", ""))
+        rows.append(
+            (
+                r.id,
+                shorten(("  " if r.pipeline else "") + r.name, 24),
+                r.status.value,
+                clock_time(r.submitted_at, now),
+                clock_time(r.started_at, now),
+                format_duration(r.duration(now)),
+                r.exit_code,
+                format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
+                shorten(r.reason),
+            )
         )
-        for r in records
-    ]
     headers = (
         "ID",
         "NAME",

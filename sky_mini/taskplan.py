@@ -85,7 +85,7 @@ def build_plan(
     is_file = len(args) == 1 and args[0].endswith(YAML_SUFFIXES) and "--" not in sys.argv[1:]
     if is_file:
         source = args[0]
-        loaded = spec.load_task_file(source)
+        loaded = spec.load_task_file(source, infra_given=infra is not None)
     else:
         source = "command line"
         loaded = spec.TaskFile((spec.task_from_command(list(args), name=name, cwd=os.getcwd()),))
@@ -182,6 +182,16 @@ def with_name(task: Any, fallback: str) -> Any:
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+def note_ignored(plan: Plan) -> None:
+    """The one stderr line naming the keys that have no effect here."""
+    if plan.ignored:
+        print(
+            "sky-mini: note: ignored (cloud-only, or overridden by --infra): "
+            + ", ".join(plan.ignored),
+            file=sys.stderr,
+        )
 
 
 def render_plan(plan: Plan) -> str:

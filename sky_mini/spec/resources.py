@@ -153,13 +153,22 @@ def parse_infra(value: object, source: str, key: str) -> str:
     raise SpecError(source, key, f"unknown infra {text!r}; expected {allowed} ({INFRA_HINT})")
 
 
-def parse_resources(value: object, path: str, key: str) -> ResourceChoice:
-    """A task's ``resources`` (also for services, which reject what they cannot use)."""
+def parse_resources(
+    value: object, path: str, key: str, *, infra_given: bool = False
+) -> ResourceChoice:
+    """A task's ``resources`` (also for services, which reject what they cannot use).
+
+    ``infra_given``: ``--infra`` was given, so the file's infra and placement keys
+    (cloud, region, ...) are overridden: listed as ignored instead of refused."""
     if value is None:
         return ResourceChoice()
     raw = mapping(value, path, key, "cpus, memory, accelerators, infra, timeout")
     check_keys(raw, RESOURCE_KEYS, path, f"{key}.")
-    ignored = [f"{key}.{name}" for name in VM_ONLY_KEYS if raw.get(name) is not None]
+    overridden = (*PLACEMENT_KEYS, "infra") if infra_given else ()
+    ignored = [
+        f"{key}.{name}" for name in (*VM_ONLY_KEYS, *overridden) if raw.get(name) is not None
+    ]
+    raw = {k: v for k, v in raw.items() if k not in overridden}
     retries = _parse_job_recovery(raw.get("job_recovery"), path, f"{key}.job_recovery")
     base = {k: v for k, v in raw.items() if k not in ("any_of", "ordered")}
     alternatives: list[tuple[str, dict[Any, Any]]] = []
@@ -180,7 +189,10 @@ def parse_resources(value: object, path: str, key: str) -> ResourceChoice:
             for nested in ("any_of", "ordered"):
                 if nested in sub:
                     raise SpecError(path, f"{where}.{nested}", "cannot be nested")
-            ignored += [f"{where}.{n}" for n in VM_ONLY_KEYS if sub.get(n) is not None]
+            ignored += [
+                f"{where}.{n}" for n in (*VM_ONLY_KEYS, *overridden) if sub.get(n) is not None
+            ]
+            sub = {k: v for k, v in sub.items() if k not in overridden}
             alternatives.append((where, {**base, **sub}))
     if not alternatives:
         alternatives = [(key, base)]

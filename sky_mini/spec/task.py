@@ -159,7 +159,7 @@ def _optional_str(value: object) -> str | None:
 # --------------------------------------------------------------------------- loading
 
 
-def load_task_file(path: str) -> TaskFile:
+def load_task_file(path: str, *, infra_given: bool = False) -> TaskFile:
     """Load every document of a task YAML. A first document holding only ``name`` (and for
     a job group ``execution``/``primary_tasks``/``termination_delay``) is a header;
     otherwise every document is a task. Errors name the document when there are several."""
@@ -176,7 +176,8 @@ def load_task_file(path: str) -> TaskFile:
         source = f"{path} (document {number})" if many else path
         if document is None and many:
             continue  # an empty document between two '---'
-        tasks.append(_load_document(require_mapping(document, source, "a task"), path, source))
+        data = require_mapping(document, source, "a task")
+        tasks.append(_load_document(data, path, source, infra_given))
     if not tasks:
         raise SpecError(path, None, "the pipeline has no task; add documents after the header")
     if header is None:
@@ -211,7 +212,9 @@ def _with_header(tasks: tuple[TaskSpec, ...], header: dict[Any, Any], path: str)
     return TaskFile(tasks, pipeline=name, parallel=execution == "parallel")
 
 
-def _load_document(data: dict[Any, Any], path: str, source: str) -> TaskSpec:
+def _load_document(
+    data: dict[Any, Any], path: str, source: str, infra_given: bool = False
+) -> TaskSpec:
     check_keys(data, (*TASK_KEYS, *IGNORED_TASK_KEYS), source, "")
     ignored = [k for k in IGNORED_TASK_KEYS if data.get(k) is not None]
     envs, required = parse_env_block(data.get("envs"), source, "envs")
@@ -226,7 +229,9 @@ def _load_document(data: dict[Any, Any], path: str, source: str) -> TaskSpec:
         raise SpecError(source, "run", f"{what}; give {COMMAND_ALLOWED} (or a setup)")
     base = yaml_dir(path)
     workdir = parse_workdir(data.get("workdir"), source, "workdir", base)
-    choice: ResourceChoice = parse_resources(data.get("resources"), source, "resources")
+    choice: ResourceChoice = parse_resources(
+        data.get("resources"), source, "resources", infra_given=infra_given
+    )
     num_nodes = (
         1
         if data.get("num_nodes") is None
