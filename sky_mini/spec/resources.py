@@ -227,12 +227,19 @@ def _parse_one(raw: Mapping[Any, Any], path: str, key: str) -> list[ResourceSpec
     return [replace(base, accelerator=name, gpus=count) for name, count in accelerators]
 
 
+def _as_float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def parse_cpus(value: object, path: str, key: str) -> float:
     """``N`` or ``N+`` (at least N: N is reserved), N > 0."""
     allowed = "a number greater than 0, or N+ for at least N (such as 1, 0.5, 4 or 2+)"
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+        number = _as_float(value)
     elif isinstance(value, str):
         text = value.strip()
         text = text[:-1].rstrip() if text.endswith("+") else text
@@ -254,7 +261,7 @@ def parse_memory(value: object, path: str, key: str, cpus: float = 1.0) -> int:
     )
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value) * GIB
+        number = _as_float(value) * GIB
     elif isinstance(value, str):
         plus = _NUMBER_PLUS_RE.match(value)
         times = _MEMORY_X_RE.match(value)
