@@ -28,6 +28,7 @@ class Plan:
     infras: list[str]
     pipeline: str | None = None
     parallel: bool = False
+    first_document: int = 1
     gpus: list[str] = field(default_factory=list)
     gpu_source: str | None = None
 
@@ -35,7 +36,7 @@ class Plan:
     def ignored(self) -> list[str]:
         seen: dict[str, None] = {}
         for index, task in enumerate(self.tasks):
-            suffix = f" (task {index + 1})" if len(self.tasks) > 1 else ""
+            suffix = f" (document {index + self.first_document})" if len(self.tasks) > 1 else ""
             for key in task.ignored:
                 seen[key + suffix] = None
         return list(seen)
@@ -94,7 +95,7 @@ def build_plan(
     several = len(loaded.tasks) > 1 or loaded.pipeline is not None
     tasks = []
     for index, task in enumerate(loaded.tasks):
-        where = f"{source} (task {index + 1})" if several else source
+        where = f"{source} (document {index + loaded.first_document})" if several else source
         task = spec.apply_overrides(
             task,
             name=None if several else name,
@@ -114,6 +115,7 @@ def build_plan(
         infras=[],
         pipeline=(name or loaded.pipeline) if several else None,
         parallel=loaded.parallel,
+        first_document=loaded.first_document,
     )
     resolve_tasks(plan, create_home=create_home)
     return plan
@@ -127,8 +129,8 @@ def resolve_tasks(plan: Plan, *, create_home: bool) -> None:
     for index, task in enumerate(plan.tasks):
         infra = task.resources.infra or DEFAULT_INFRA
         where = plan.source
-        if len(plan.tasks) > 1 and plan.source != "command line":
-            where = f"{plan.source} (task {index + 1})"
+        if len(plan.tasks) > 1 or plan.pipeline is not None:
+            where = f"{plan.source} (document {index + plan.first_document})"
         target = None
         if infra == "local":
             if machine is None:

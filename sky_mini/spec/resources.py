@@ -203,6 +203,7 @@ def parse_resources(
 
 
 def _parse_one(raw: Mapping[Any, Any], path: str, key: str) -> list[ResourceSpec]:
+    infra = None if raw.get("infra") is None else parse_infra(raw["infra"], path, f"{key}.infra")
     for name in PLACEMENT_KEYS:
         if raw.get(name) is not None:
             raise SpecError(
@@ -219,7 +220,7 @@ def _parse_one(raw: Mapping[Any, Any], path: str, key: str) -> list[ResourceSpec
         cpus=cpus,
         memory_bytes=memory_bytes,
         timeout_seconds=None if timeout is None else parse_timeout(timeout, path, f"{key}.timeout"),
-        infra=None if raw.get("infra") is None else parse_infra(raw["infra"], path, f"{key}.infra"),
+        infra=infra,
     )
     accelerators = parse_accelerators(raw.get("accelerators"), path, f"{key}.accelerators")
     if not accelerators:

@@ -150,6 +150,7 @@ class TaskFile:
     tasks: tuple[TaskSpec, ...]
     pipeline: str | None = None
     parallel: bool = False
+    first_document: int = 1  # the document number of the first task (2 after a header)
 
 
 def _optional_str(value: object) -> str | None:
@@ -209,7 +210,7 @@ def _with_header(tasks: tuple[TaskSpec, ...], header: dict[Any, Any], path: str)
                 "ending a job group early is not supported by sky-mini yet; remove it "
                 "(every task then runs to its own end)",
             )
-    return TaskFile(tasks, pipeline=name, parallel=execution == "parallel")
+    return TaskFile(tasks, pipeline=name, parallel=execution == "parallel", first_document=2)
 
 
 def _load_document(
@@ -293,6 +294,8 @@ def _parse_file_mounts(
             raise SpecError(
                 source, key, f"{src!r} resolves to {src_path!r}, which does not exist; fix the path"
             )
+        if os.path.realpath(dest_path) == os.path.realpath(src_path):
+            continue  # already there: on one machine `~/f: ~/f` needs no link
         if os.path.exists(dest_path) and not os.path.islink(dest_path):
             raise SpecError(
                 source,
