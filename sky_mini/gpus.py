@@ -8,10 +8,8 @@ path of a CPU job never pays for it).
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
 
 GPUS_ENV = "SKY_MINI_GPUS"
 NVIDIA_SMI_TIMEOUT_SECONDS = 5.0
@@ -50,6 +48,8 @@ def parse_override(raw: str) -> list[str]:
 
 
 def _from_nvidia_smi() -> list[str] | None:
+    import shutil  # lazily: shutil pulls in bz2/lzma, and the cron path imports this module
+
     binary = shutil.which("nvidia-smi")
     if binary is None:
         return None
@@ -76,6 +76,8 @@ def _from_nvidia_smi() -> list[str] | None:
 
 
 def _from_proc() -> list[str]:
+    import glob
+
     devices: list[str] = []
     for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
         model = "NVIDIA GPU"

@@ -8,6 +8,8 @@ allowed (exit 2). Parts: :mod:`.yamlio` (safe reading), :mod:`.values` (small va
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sky_mini.spec.resources import (
     MIN_MEMORY_BYTES,
     RESOURCE_KEYS,
@@ -17,15 +19,6 @@ from sky_mini.spec.resources import (
     check_fits,
     parse_infra,
     parse_resources,
-)
-from sky_mini.spec.service import (
-    MAX_REPLICAS,
-    PROBE_KEYS,
-    SERVICE_KEYS,
-    SERVICE_NAME_RE,
-    ReadinessProbe,
-    ServiceSpec,
-    load_service,
 )
 from sky_mini.spec.task import (
     TASK_KEYS,
@@ -45,6 +38,39 @@ from sky_mini.spec.values import (
     parse_env_assignments,
 )
 from sky_mini.spec.yamlio import MAX_ALIASES, MAX_DEPTH, MAX_EXPANDED_NODES, MAX_FILE_BYTES
+
+if TYPE_CHECKING:
+    from sky_mini.spec.service import (
+        MAX_REPLICAS,
+        PROBE_KEYS,
+        SERVICE_KEYS,
+        SERVICE_NAME_RE,
+        ReadinessProbe,
+        ServiceSpec,
+        load_service,
+    )
+
+_SERVICE_NAMES = frozenset(
+    {
+        "MAX_REPLICAS",
+        "PROBE_KEYS",
+        "SERVICE_KEYS",
+        "SERVICE_NAME_RE",
+        "ReadinessProbe",
+        "ServiceSpec",
+        "load_service",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Service names load on first use: `jobs launch` (the cron path) never needs them."""
+    if name in _SERVICE_NAMES:
+        from sky_mini.spec import service
+
+        return getattr(service, name)
+    raise AttributeError(f"module 'sky_mini.spec' has no attribute {name!r}")
+
 
 __all__ = [
     "ENV_NAME_RE",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from sky_mini.errors import SpecError
 from sky_mini.gpus import gpu_matches
@@ -119,8 +119,9 @@ class ResourceSpec:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class ResourceChoice:
+# NamedTuples, not dataclasses: building a dataclass costs ~1-2 ms at import, and this
+# module is on the cron path (`jobs launch --async`).
+class ResourceChoice(NamedTuple):
     """A ``resources`` block as written: the candidates in order (any_of / ordered /
     accelerator alternatives expand to several), the ignored keys and the retries."""
 
@@ -129,13 +130,12 @@ class ResourceChoice:
     retries: int | None = None
 
 
-@dataclass(frozen=True)
-class Machine:
+class Machine(NamedTuple):
     """What the chosen place can ever give (for fit checks at submit)."""
 
     cpus: float
     memory_bytes: int
-    gpus: tuple[str, ...] = field(default_factory=tuple)
+    gpus: tuple[str, ...] = ()
 
 
 def parse_infra(value: object, source: str, key: str) -> str:

@@ -12,7 +12,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from sky_mini.errors import SpecError
 from sky_mini.spec.resources import (
@@ -142,8 +142,7 @@ class TaskSpec:
         )
 
 
-@dataclass(frozen=True)
-class TaskFile:
+class TaskFile(NamedTuple):
     """What a task file holds: one task, a pipeline (run in order), or a job group
     (``execution: parallel``: started together)."""
 
