@@ -109,7 +109,7 @@ def build_plan(
             task,
             name=None if several else name,
             envs=env_values,
-            secrets={k: v for k, v in secret_values.items() if k in task.secret_names},
+            secrets=secret_values,
             cpus=cpus,
             memory=memory,
             timeout=timeout,

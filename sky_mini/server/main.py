@@ -353,6 +353,7 @@ class Server:
                     exit_code=None,
                 )
                 self.save_job(record)
+                self.release_job_extras(job_id)
                 log.warning("job %d was running when the previous server died", job_id)
         # Every record below the counter *as read above* has been looked at, so the first
         # load_new_jobs need not read the whole history again. Not the counter now: CLIs
@@ -804,6 +805,7 @@ class Server:
                     exit_code=None,
                 )
                 self.save_job(record)
+                self.release_job_extras(record.id)
                 del self.jobs[record.id]
                 self.active_dirty = True
         with contextlib.suppress(OSError):
