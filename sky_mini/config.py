@@ -57,6 +57,7 @@ DISABLE_CHOICES = frozenset(
         "hook_detach",
         "pid1",
         "memguard",
+        "secretfile",
     }
 )
 

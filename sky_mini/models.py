@@ -63,6 +63,7 @@ class ReasonCode(enum.StrEnum):
     SETUP_FAILED = "setup_failed"
     CANNOT_START = "cannot_start"
     NEVER_FITS = "never_fits"
+    DEPENDENCY_FAILED = "dependency_failed"
 
 
 class FutureSchemaError(ValueError):
@@ -98,6 +99,8 @@ class JobRecord:
     retry_at: float | None = None  # a retry waiting for its backoff stays PENDING until then
     queue: str | None = None
     scheduled_at: float | None = None
+    after: list[int] = field(default_factory=list)  # runs once all of these SUCCEEDED
+    pipeline: str | None = None  # the pipeline or job group this job belongs to
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -126,7 +129,8 @@ class JobRecord:
             "max_retries": self.max_retries(),
             "queue": self.queue,
             "scheduled_at": self.scheduled_at,
-            "after": list(getattr(self, "after", None) or []),
+            "after": list(self.after),
+            "pipeline": self.pipeline,
             "infra": self.infra,
             "executor": self.executor,
             "memory_mechanism": self.memory_mechanism,
@@ -135,8 +139,7 @@ class JobRecord:
 
     def max_retries(self) -> int:
         """How many more attempts a failed attempt may get (``--retries``)."""
-        resources = self.task.get("resources") or {}
-        value = resources.get("max_restarts_on_errors") or 0
+        value = self.task.get("retries") or 0  # --retries or job_recovery.max_restarts_on_errors
         return value if isinstance(value, int) and value > 0 else 0
 
     def duration(self, now: float | None = None) -> float | None:

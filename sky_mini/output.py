@@ -44,39 +44,61 @@ def shorten(text: str | None, width: int = REASON_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def group_pipelines(records: Sequence[JobRecord]) -> list[tuple[str | None, JobRecord]]:
+    """Keep the order, but gather each pipeline's jobs under its first one; the first
+    element says which pipeline starts at that row (None: no new header)."""
+    out: list[tuple[str | None, JobRecord]] = []
+    done: set[int] = set()
+    for index, record in enumerate(records):
+        if record.id in done:
+            continue
+        if record.pipeline is None:
+            out.append((None, record))
+            continue
+        members = [
+            r
+            for r in records[index:]
+            if r.pipeline == record.pipeline and r.id not in done and abs(r.id - record.id) <= 1000
+        ]
+        members.sort(key=lambda r: r.id)
+        for position, member in enumerate(members):
+            out.append((record.pipeline if position == 0 else None, member))
+            done.add(member.id)
+    return out
+
+
 def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str:
-    """The ``jobs queue`` table; ATTEMPT, QUEUE and AFTER appear only when a job uses them."""
+    """The ``jobs queue`` table: one row per job, a pipeline's jobs grouped under a
+    ``[name]`` row; ATTEMPT, QUEUE and AFTER appear only when a job uses them."""
     now = time.time() if now is None else now
     if not records:
         return "No jobs. Submit one with: sky-mini jobs launch -- echo hello"
     headers = ["ID", "NAME", "STATUS", "SUBMITTED", "STARTED", "DURATION", "EXIT", "PEAK_MEM"]
-    rows: list[list[Any]] = [
-        [
-            r.id,
-            shorten(r.name, 24),
-            r.status.value,
-            clock_time(r.submitted_at, now),
-            clock_time(r.started_at, now),
-            format_duration(r.duration(now)),
-            r.exit_code,
-            format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
-        ]
-        for r in records
-    ]
     optional = (
         ("ATTEMPT", lambda r: f"{r.attempt}/{r.max_retries() + 1}" if r.max_retries() else None),
         ("QUEUE", lambda r: r.queue),
-        ("AFTER", lambda r: ",".join(map(str, getattr(r, "after", None) or [])) or None),
+        ("AFTER", lambda r: ",".join(map(str, r.after)) or None),
     )
-    for header, cell in optional:
-        values = [cell(r) for r in records]
-        if any(v is not None for v in values):
-            headers.append(header)
-            for row, value in zip(rows, values, strict=True):
-                row.append(value)
-    headers.append("REASON")
-    for row, r in zip(rows, records, strict=True):
-        row.append(shorten(r.reason))
+    used = [(h, cell) for h, cell in optional if any(cell(r) is not None for r in records)]
+    headers += [h for h, _ in used] + ["REASON"]
+    rows: list[list[Any]] = []
+    for header, r in group_pipelines(records):
+        if header is not None:
+            rows.append(["", shorten(f"[{header}]", 24)] + [""] * (len(headers) - 2))
+        rows.append(
+            [
+                r.id,
+                shorten(("  " if r.pipeline else "") + r.name, 24),
+                r.status.value,
+                clock_time(r.submitted_at, now),
+                clock_time(r.started_at, now),
+                format_duration(r.duration(now)),
+                r.exit_code,
+                format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
+                *(cell(r) for _, cell in used),
+                shorten(r.reason),
+            ]
+        )
     return table(headers, rows)
 
 

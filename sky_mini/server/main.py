@@ -38,6 +38,7 @@ from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server import batch, publish, restart, shutdown, startup
 from sky_mini.server.admission import Capacity, job_needs
 from sky_mini.server.backends.base import Backend, BackendEvent
+from sky_mini.server.gpus import GpuPool, skypilot_env
 from sky_mini.server.hooks import HookRunner
 from sky_mini.server.startup import AlreadyRunning, configure_logging
 from sky_mini.state import Store
@@ -101,6 +102,8 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.backend: Backend | None = None
         self.capacity = Capacity(cpus=1.0, memory_bytes=1)
+        self.gpu_pool = GpuPool([])
+        self.gpu_assignments: dict[int, list[int]] = {}
         self.details: dict[str, Any] = {}
         # Set by configure_host (startup): the cgroup capabilities (None when off), how job
         # memory is limited, and the pool sizing (sky_mini.resources).
@@ -401,6 +404,7 @@ class Server:
                 f": {record.reason}" if record.reason else "",
             )
             self.capacity.release(record.id)
+            self.release_job_extras(record.id, final=False)
             if not self.end_attempt(record, now):
                 del self.jobs[record.id]
             self.active_dirty = True
@@ -421,6 +425,7 @@ class Server:
             log.info("job %d: %s, in %gs", record.id, record.reason, delay)
             return True
         self.save_job(record)
+        self.release_job_extras(record.id)
         self.hooks.job_ended(record, now)
         return False
 
@@ -458,6 +463,7 @@ class Server:
                     exit_code=None,
                 )
                 self.save_job(record)
+                self.release_job_extras(job_id)
                 del self.jobs[job_id]
                 self.active_dirty = True
                 self.status_dirty = True
@@ -492,6 +498,8 @@ class Server:
             record = self.jobs[job_id]
             if record.status is not JobStatus.PENDING:
                 continue
+            if record.after and not self.dependencies_allow(record, now):
+                continue
             held = batch.hold_reason(record, now, gate)
             if held is not None:
                 self.note_waiting(record, held)
@@ -506,6 +514,8 @@ class Server:
             if not self.capacity.fits_now(cpus, memory):
                 self.note_waiting(record, self.capacity.waiting_reason(cpus, memory))
                 continue
+            if not self.reserve_gpus(record):
+                continue
             self.capacity.reserve(job_id, cpus, memory)
             record.status = JobStatus.STARTING
             record.reason = None
@@ -516,9 +526,69 @@ class Server:
             self.save_job(record, durable=False)
             self.status_dirty = True
 
+    def dependencies_allow(self, record: JobRecord, now: float) -> bool:
+        """``after`` gating: True to go on; else the job waits (reason noted) or was
+        cancelled with ``dependency_failed``."""
+        from sky_mini.server.deps import dependency_gate
+
+        def lookup(job_id: int) -> JobRecord | None:
+            return self.jobs.get(job_id) or self.store.load_job(job_id)
+
+        gate = dependency_gate(record, lookup)
+        if gate.action == "wait":
+            self.note_waiting(record, gate.reason or "waiting")
+            return False
+        if gate.action == "cancel":
+            record.finish(
+                JobStatus.CANCELLED,
+                now=now,
+                reason=gate.reason,
+                reason_code=ReasonCode.DEPENDENCY_FAILED.value,
+                exit_code=None,
+            )
+            self.save_job(record)
+            self.release_job_extras(record.id)
+            del self.jobs[record.id]
+            self.active_dirty = True
+            self.status_dirty = True
+            log.info("job %d CANCELLED: %s", record.id, gate.reason)
+            self.hooks.job_ended(record, now)
+            return False
+        return True
+
+    def reserve_gpus(self, record: JobRecord) -> bool:
+        """Take the job's GPUs from the pool (True), or note what it waits for (False)."""
+        resources = record.task.get("resources") or {}
+        count = float(resources.get("gpus") or 0.0)
+        if count <= 0:
+            return True
+        wanted = resources.get("accelerator")
+        indices = self.gpu_pool.pick(wanted, count)
+        if indices is None:
+            self.note_waiting(record, self.gpu_pool.waiting_reason(wanted, count))
+            return False
+        self.gpu_pool.reserve(record.id, indices, count)
+        self.gpu_assignments[record.id] = indices
+        return True
+
+    def release_job_extras(self, job_id: int, *, final: bool = True) -> None:
+        """What a job holds besides CPU/memory: its GPUs (after every attempt) and its
+        secrets file (once the job is over: a retry needs it again)."""
+        self.gpu_pool.release(job_id)
+        self.gpu_assignments.pop(job_id, None)
+        if final:
+            from sky_mini.jobsecrets import discard_secrets
+
+            discard_secrets(self.paths.job_secrets(job_id))
+
     def job_payload(self, record: JobRecord) -> dict[str, Any]:
         env = dict(record.env or os.environ)
         env.update(record.task.get("envs") or {})
+        if record.task.get("secrets"):
+            from sky_mini.jobsecrets import read_secrets
+
+            env.update(read_secrets(self.paths.job_secrets(record.id)))
+        env.update(skypilot_env(record, self.gpu_assignments.get(record.id), self.gpu_pool))
         env["SKY_MINI_JOB_ID"] = str(record.id)
         return {
             "id": record.id,
@@ -547,6 +617,7 @@ class Server:
             exit_code=None,
         )
         self.save_job(record)
+        self.release_job_extras(record.id)
         del self.jobs[record.id]
         self.active_dirty = True
         log.warning("job %d can never run here: %s", record.id, reason)

@@ -70,6 +70,7 @@ def cleanup(server: Server) -> None:
                 exit_code=None,
             )
             server.save_job(record)
+            server.release_job_extras(record.id)
             del server.jobs[record.id]
             server.active_dirty = True
     with contextlib.suppress(OSError):

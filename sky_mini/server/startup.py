@@ -83,6 +83,9 @@ def configure_host(server: Server) -> None:
         log.warning("%s", pool.warning)
         server.warnings.append(pool.warning)
     server.capacity = Capacity(cpus=detected.cpus, memory_bytes=pool.usable_memory_bytes)
+    from sky_mini.server.gpus import detect_gpu_pool
+
+    server.gpu_pool = detect_gpu_pool()
     caps = detect_capabilities(disabled="cgroup" in settings.disabled)
     for warning in caps.warnings:
         log.warning("%s", warning)
@@ -118,6 +121,7 @@ def configure_host(server: Server) -> None:
         "subreaper": subreaper,
         "pid1": server.pid1,
         "backend": "local",
+        "gpus": list(server.gpu_pool.devices),
     }
     server.pool = pool
 
