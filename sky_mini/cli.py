@@ -202,6 +202,7 @@ def jobs() -> None:
 @click.option("--cpus", help="CPUs reserved while it runs (default 1).")
 @click.option("--memory", help="Hard memory limit, e.g. 512M.")
 @click.option("--timeout", help="Wall-clock limit, e.g. 30m.")
+@click.option("--infra", metavar="local|slurm[/PARTITION]", help="Where to run (default: config).")
 @click.option("--async", "detach", is_flag=True, help="Return once recorded; print the ID.")
 @click.option("--json", "as_json", is_flag=True, help="With --async: print a JSON object.")
 def jobs_launch(
@@ -211,6 +212,7 @@ def jobs_launch(
     cpus: str | None,
     memory: str | None,
     timeout: str | None,
+    infra: str | None,
     detach: bool,
     as_json: bool,
 ) -> int:
@@ -229,7 +231,7 @@ def jobs_launch(
     if as_json and not detach:
         raise UsageError("--json goes with --async (attached jobs stream their output)")
     task_spec, source = build_task(
-        args, name=name, envs=envs, cpus=cpus, memory=memory, timeout=timeout
+        args, name=name, envs=envs, cpus=cpus, memory=memory, timeout=timeout, infra=infra
     )
     return launch(task_spec, source, detach=detach, as_json=as_json)
 

@@ -276,7 +276,7 @@ def tail_text(path: str, lines: int) -> str:
 # -- jobs ----------------------------------------------------------------------------------
 
 
-def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
+def submit_job(paths: Paths, task: dict[str, Any], name: str, *, infra: str = "local") -> JobRecord:
     store = Store(paths)
     env = dict(os.environ)
     now = time.time()
@@ -289,6 +289,7 @@ def submit_job(paths: Paths, task: dict[str, Any], name: str) -> JobRecord:
             log_path=paths.job_log(job_id),
             submitted_at=now,
             env=env,
+            infra=infra,
         )
 
     try:

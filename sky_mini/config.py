@@ -8,6 +8,12 @@ Known keys (anything else is rejected with the file and key named)::
       kill_grace_seconds: 10    # SIGTERM -> SIGKILL grace for cancel and shutdown
     jobs:
       retention_days: 30        # finished jobs older than this are pruned with their logs
+      infra: local              # local | slurm | slurm/<partition>: where jobs run by default
+    slurm:                      # the cluster the standard Slurm tools reach (SLURM_CONF)
+      partition: null
+      account: null
+      qos: null
+      sbatch_args: []           # extra sbatch options, e.g. ['--constraint=ib']
     limits:
       memory: auto              # auto | cgroup | watchdog: how per-job memory limits are enforced
     resources:
@@ -30,12 +36,24 @@ from sky_mini.units import parse_size
 
 DISABLE_ENV = "SKY_MINI_DISABLE"
 DISABLE_CHOICES = frozenset(
-    {"cgroup", "subreaper", "sweep", "pdeathsig", "pipe", "oom_score", "reap", "inotify", "revive"}
+    {
+        "cgroup",
+        "subreaper",
+        "sweep",
+        "pdeathsig",
+        "pipe",
+        "oom_score",
+        "reap",
+        "inotify",
+        "revive",
+        "slurm_lookup",
+    }
 )
 
 _SCHEMA: dict[str, dict[str, Any]] = {
     "server": {"idle_minutes": None, "executors": None, "kill_grace_seconds": None},
-    "jobs": {"retention_days": None},
+    "jobs": {"retention_days": None, "infra": None},
+    "slurm": {"partition": None, "account": None, "qos": None, "sbatch_args": None},
     "limits": {"memory": None},
     "resources": {"cpus": None, "memory": None},
     "services": {"controller": {"idle_minutes": None}},
@@ -53,6 +71,11 @@ class Settings:
     memory_bytes: int | None = None
     controller_idle_minutes: float | None = 10.0
     disabled: frozenset[str] = frozenset()
+    infra: str = "local"  # config jobs.infra: where jobs run unless the task or --infra says
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_qos: str | None = None
+    slurm_sbatch_args: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -75,6 +98,11 @@ def load_settings(paths: Paths, env: dict[str, str] | None = None) -> Settings:
             raw, ("services", "controller", "idle_minutes"), 10.0, where
         ),
         disabled=parse_disabled(source.get(DISABLE_ENV, "")),
+        infra=_infra(raw, where),
+        slurm_partition=_optional_text(raw, ("slurm", "partition"), where),
+        slurm_account=_optional_text(raw, ("slurm", "account"), where),
+        slurm_qos=_optional_text(raw, ("slurm", "qos"), where),
+        slurm_sbatch_args=_text_list(raw, ("slurm", "sbatch_args"), where),
     )
     grace = source.get("SKY_MINI_KILL_GRACE_SECONDS")
     if grace:
@@ -200,3 +228,33 @@ def _optional_size(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> in
         return parse_size(value)
     except ValueError as exc:
         raise UsageError(f"{where}: key '{'.'.join(keys)}': {exc}") from None
+
+
+def _infra(raw: dict[str, Any], where: str) -> str:
+    value = _lookup(raw, ("jobs", "infra"))
+    if value is None:
+        return "local"
+    from sky_mini.spec import parse_infra  # lazily: only a config that sets it pays
+
+    return parse_infra(value, where, "jobs.infra")
+
+
+def _optional_text(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> str | None:
+    value = _lookup(raw, keys)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be a word (e.g. debug)")
+    return value
+
+
+def _text_list(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> tuple[str, ...]:
+    value = _lookup(raw, keys)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(
+            f"{where}: key '{'.'.join(keys)}' must be a list of sbatch options, "
+            "e.g. ['--constraint=ib']"
+        )
+    return tuple(value)

@@ -24,6 +24,7 @@ def build_task(
     cpus: str | None,
     memory: str | None,
     timeout: str | None,
+    infra: str | None = None,
 ) -> tuple[Any, str]:
     """The validated TaskSpec and where it came from (a file path or "command line")."""
     from sky_mini import spec
@@ -49,8 +50,27 @@ def build_task(
         timeout=timeout,
         source=source,
     )
-    check_fits_machine(task, source)
+    task = resolve_infra(task, infra, source)
+    if task.resources.infra == "local":
+        check_fits_machine(task, source)
     return task, source
+
+
+def resolve_infra(task: Any, flag: str | None, source: str) -> Any:
+    """``--infra`` over the file's ``resources.infra`` over config ``jobs.infra``."""
+    from dataclasses import replace
+
+    from sky_mini import spec
+
+    if flag is not None:
+        chosen = spec.parse_infra(flag, source, "--infra")
+    elif task.resources.infra is not None:
+        chosen = task.resources.infra
+    else:
+        from sky_mini.config import load_settings
+
+        chosen = load_settings(client.open_home()).infra
+    return replace(task, resources=replace(task.resources, infra=chosen))
 
 
 def check_fits_machine(task: Any, source: str) -> None:
@@ -84,7 +104,7 @@ def read_meminfo_total() -> int:
 def launch(task: Any, source: str, *, detach: bool, as_json: bool) -> int:
     paths = client.open_home()
     name = task.name or default_name(task.run)
-    record = client.submit_job(paths, task.to_json(), name)
+    record = client.submit_job(paths, task.to_json(), name, infra=task.resources.infra or "local")
     client.ensure_server(paths)
     if detach:
         if as_json:

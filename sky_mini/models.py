@@ -63,6 +63,8 @@ class ReasonCode(enum.StrEnum):
     SETUP_FAILED = "setup_failed"
     CANNOT_START = "cannot_start"
     NEVER_FITS = "never_fits"
+    NODE_FAILURE = "node_failure"
+    PREEMPTED = "preempted"
 
 
 class FutureSchemaError(ValueError):
@@ -91,6 +93,8 @@ class JobRecord:
     cgroup_paths: list[str] = field(default_factory=list)
     memory_mechanism: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # the submitting client's environment
+    infra: str = "local"  # local | slurm | slurm/<partition>
+    slurm_job_id: str | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -114,6 +118,8 @@ class JobRecord:
             "pid": self.pid,
             "peak_memory_bytes": self.peak_memory_bytes,
             "log_path": self.log_path,
+            "infra": self.infra,
+            "slurm_job_id": self.slurm_job_id,
             "executor": self.executor,
             "memory_mechanism": self.memory_mechanism,
             "resources": self.task.get("resources", {}),

@@ -51,6 +51,7 @@ def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str
             r.id,
             shorten(r.name, 24),
             r.status.value,
+            infra_cell(r),
             clock_time(r.submitted_at, now),
             clock_time(r.started_at, now),
             format_duration(r.duration(now)),
@@ -64,6 +65,7 @@ def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str
         "ID",
         "NAME",
         "STATUS",
+        "INFRA",
         "SUBMITTED",
         "STARTED",
         "DURATION",
@@ -74,6 +76,27 @@ def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str
     if not rows:
         return "No jobs. Submit one with: sky-mini jobs launch -- echo hello"
     return table(headers, rows)
+
+
+def infra_cell(record: JobRecord) -> str:
+    """``local``, or ``slurm:1234`` (the Slurm job ID once it has one)."""
+    if record.infra == "local":
+        return "local"
+    return f"{record.infra}:{record.slurm_job_id}" if record.slurm_job_id else record.infra
+
+
+def slurm_lines(component: dict[str, Any]) -> list[str]:
+    info = component.get("slurm") or {}
+    if not info.get("reachable"):
+        return [f"slurm       controller unreachable: {info.get('error') or 'not probed yet'}"]
+    nodes = ", ".join(f"{n} {state}" for state, n in sorted((info.get("nodes") or {}).items()))
+    return [
+        f"slurm       controller reachable, {info.get('version')}, partitions "
+        f"{', '.join(info.get('partitions') or []) or '-'}, nodes {nodes or '-'}; "
+        f"{component.get('jobs', 0)} job(s) tracked, polled every "
+        f"{component.get('poll_interval_seconds')}s",
+        f"            {component.get('note')}",
+    ]
 
 
 def status_text(report: dict[str, Any]) -> str:
@@ -114,6 +137,8 @@ def status_text(report: dict[str, Any]) -> str:
         table(("COMPONENT", "KIND", "PID", "STATE", "JOB", "RSS", "UPTIME", "RESTARTS"), rows)
     )
     for c in report.get("components", []):
+        if c.get("kind") == "slurm-controller":
+            lines.extend(slurm_lines(c))
         if c.get("autostop_in_seconds") is not None:
             lines.append(
                 f"{c['name']}: no service up, autostop in "

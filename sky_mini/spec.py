@@ -38,7 +38,8 @@ MAX_PROBE_PATH_CHARS = 2048
 MIN_MEMORY_BYTES = 4 * 1024 * 1024
 
 TASK_KEYS = ("name", "workdir", "envs", "setup", "run", "resources")
-RESOURCE_KEYS = ("cpus", "memory", "timeout")
+RESOURCE_KEYS = ("cpus", "memory", "timeout", "infra")
+INFRA_RE = re.compile(r"(local|slurm)(/[A-Za-z0-9_.-]{1,64})?")
 SERVICE_KEYS = (
     "name",
     "run",
@@ -68,13 +69,17 @@ class ResourceSpec:
     cpus: float = 1.0
     memory_bytes: int | None = None
     timeout_seconds: float | None = None
+    infra: str | None = None  # local | slurm | slurm/<partition>; None = config jobs.infra
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "cpus": self.cpus,
             "memory_bytes": self.memory_bytes,
             "timeout_seconds": self.timeout_seconds,
         }
+        if self.infra is not None:
+            data["infra"] = self.infra
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ResourceSpec:
@@ -85,6 +90,7 @@ class ResourceSpec:
             cpus=float(data.get("cpus", 1.0)),
             memory_bytes=None if memory is None else int(memory),
             timeout_seconds=None if timeout is None else float(timeout),
+            infra=_optional_str(data.get("infra")),
         )
 
 
@@ -763,13 +769,30 @@ def _parse_resources(value: object, path: str, key: str) -> ResourceSpec:
     cpus = raw.get("cpus")
     memory = raw.get("memory")
     timeout = raw.get("timeout")
+    infra = raw.get("infra")
     return ResourceSpec(
         cpus=1.0 if cpus is None else _parse_cpus(cpus, path, f"{key}.cpus"),
         memory_bytes=None if memory is None else _parse_memory(memory, path, f"{key}.memory"),
         timeout_seconds=(
             None if timeout is None else _parse_timeout(timeout, path, f"{key}.timeout")
         ),
+        infra=None if infra is None else parse_infra(infra, path, f"{key}.infra"),
     )
+
+
+def parse_infra(value: object, source: str, key: str) -> str:
+    """``local``, ``slurm`` or ``slurm/<partition>``; anything else is a SpecError (exit 2)."""
+    if not isinstance(value, str) or not INFRA_RE.fullmatch(value.strip()):
+        raise SpecError(
+            source,
+            key,
+            f"{_describe(value)} is not an infra sky-mini can run on: use --infra local or "
+            "--infra slurm to run it here (slurm/<partition> picks a partition)",
+        )
+    text = value.strip()
+    if text.startswith("local/"):
+        raise SpecError(source, key, "local takes no partition: use local or slurm/<partition>")
+    return text
 
 
 def _parse_cpus(value: object, path: str, key: str) -> float:

@@ -31,6 +31,7 @@ from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server.backend import Backend, BackendEvent
+from sky_mini.server.backends import RemoteBackends
 from sky_mini.state import Store, acquire_flock, atomic_write_json, read_json
 from sky_mini.units import format_size
 
@@ -145,6 +146,7 @@ class Server:
         self.capacity = Capacity(cpus=1.0, memory_bytes=1)
         self.details: dict[str, Any] = {}
         self.services: Any = None  # sky_mini.server.services.ServicesSupervisor
+        self.remote = RemoteBackends(paths.home, self.key, settings)  # Slurm, on first use
 
     # -- start -----------------------------------------------------------------------
 
@@ -304,7 +306,8 @@ class Server:
         )
 
     def backend_components(self) -> list[dict[str, Any]]:
-        return self.backend.components() if self.backend is not None else []
+        local = self.backend.components() if self.backend is not None else []
+        return local + self.remote.components()
 
     # -- restart reconciliation -------------------------------------------------------
 
@@ -323,6 +326,9 @@ class Server:
         for job_id in candidates:
             record = self.store.load_job(job_id)
             if record is None or record.status.is_terminal:
+                continue
+            if record.infra != "local":
+                self.adopt_remote(record)  # work handed to Slurm outlives any server
                 continue
             if record.status is JobStatus.PENDING:
                 self.adopt_job(job_id)
@@ -360,6 +366,15 @@ class Server:
 
             with contextlib.suppress(OSError):
                 sweep_base(self.cgroup_caps, f"sky-mini-{self.key}", leftovers)
+
+    def adopt_remote(self, record: JobRecord) -> None:
+        """Re-attach to a job on a cluster; one that never reached it is PENDING again."""
+        record.instance_id = self.instance_id
+        self.jobs[record.id] = record
+        if not self.remote.for_infra(record.infra).adopt(record):
+            record.status, record.executor, record.slurm_job_id = JobStatus.PENDING, None, None
+        self.save_job(record)
+        log.info("job %d on %s re-attached (%s)", record.id, record.infra, record.status.value)
 
     def unfinished_job_ids(self) -> tuple[list[int], int]:
         """IDs that may be unfinished, and the next ID as read when they were listed.
@@ -483,7 +498,7 @@ class Server:
     def handle_backend_events(self, now: float) -> None:
         if self.backend is None:
             return
-        for event in self.backend.poll():
+        for event in [*self.backend.poll(), *self.remote.poll()]:
             self.apply_event(event, now)
 
     def apply_event(self, event: BackendEvent, now: float) -> None:
@@ -491,7 +506,12 @@ class Server:
         if record is None:
             return
         data = event.data
-        if event.kind == "started":
+        if data.get("slurm_job_id"):
+            record.slurm_job_id = str(data["slurm_job_id"])
+        if event.kind in ("pending", "submitted"):  # a cluster's queue: still PENDING here
+            record.reason = data.get("reason", record.reason)
+            self.save_job(record, durable=event.kind == "submitted")
+        elif event.kind == "started":
             record.status = JobStatus.RUNNING if data.get("phase") == "run" else JobStatus.STARTING
             record.started_at = record.started_at or now
             record.pid = data.get("pid")
@@ -551,7 +571,12 @@ class Server:
             record = self.jobs.get(job_id)
             if record is None:
                 continue
-            if record.status is JobStatus.PENDING:
+            if record.infra != "local" and record.executor is not None:
+                log.info("cancelling job %d on %s", job_id, record.infra)
+                self.remote.for_infra(record.infra).stop(
+                    job_id, "cancel", self.settings.kill_grace_seconds
+                )
+            elif record.status is JobStatus.PENDING:
                 record.finish(
                     JobStatus.CANCELLED,
                     now=now,
@@ -592,6 +617,9 @@ class Server:
             record = self.jobs[job_id]
             if record.status is not JobStatus.PENDING:
                 continue
+            if record.infra != "local":
+                self.launch_remote(record)
+                continue
             cpus, memory = job_needs(record)
             if not self.capacity.fits_ever(cpus, memory):
                 self.fail_never_fits(record, cpus, memory, now)
@@ -609,6 +637,15 @@ class Server:
             record.started_at = now
             self.save_job(record, durable=False)
             self.status_dirty = True
+
+    def launch_remote(self, record: JobRecord) -> None:
+        """Hand a job to its cluster once; its queue decides when it starts."""
+        if record.executor is not None:
+            return
+        record.executor = self.remote.for_infra(record.infra).launch(record, {})
+        record.reason = "submitted to Slurm"
+        self.save_job(record, durable=False)
+        self.status_dirty = True
 
     def job_payload(self, record: JobRecord) -> dict[str, Any]:
         env = dict(record.env or os.environ)
@@ -695,7 +732,7 @@ class Server:
         self.stop_requested = why
         self.stopping_since = self.clock()
         grace = self.settings.kill_grace_seconds
-        running = [j for j, r in self.jobs.items() if r.status.is_active]
+        running = [j for j, r in self.jobs.items() if r.status.is_active and r.infra == "local"]
         if running:
             log.info(
                 "stopping %d running job(s): SIGTERM now, SIGKILL after %gs", len(running), grace
@@ -726,7 +763,7 @@ class Server:
         """Record what is left and release everything (the lock last)."""
         now = self.clock()
         for record in list(self.jobs.values()):
-            if record.status.is_active:
+            if record.status.is_active and record.infra == "local":  # Slurm's jobs run on
                 record.finish(
                     JobStatus.KILLED,
                     now=now,
