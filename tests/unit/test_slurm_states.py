@@ -196,3 +196,9 @@ def test_never_succeeded_without_evidence() -> None:
     """COMPLETED with no exit code at all is not taken as success (Galaxy #3779)."""
     decision = decide(SlurmJob("1", "COMPLETED"), ctx())
     assert decision.status is JobStatus.FAILED
+
+
+def test_pending_for_ever_is_refused() -> None:
+    decision = decide(SlurmJob("1", "PENDING", reason="PartitionConfig"), ctx())
+    assert decision.kind == "refused" and decision.status is JobStatus.FAILED_SETUP
+    assert "PartitionConfig" in (decision.reason or "")

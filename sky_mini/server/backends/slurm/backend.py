@@ -382,6 +382,13 @@ class SlurmBackend:
                 )
                 return True
             return False
+        if decision.kind == "refused":
+            log.warning(
+                "job %d: %s; scancel %s", tracked.job_id, decision.reason, tracked.slurm_job_id
+            )
+            self.tools.run(["scancel", str(tracked.slurm_job_id)])
+            self.finish(tracked, decision)
+            return True
         if decision.kind == "finished":
             self.finish(tracked, decision)
             return True

@@ -46,6 +46,19 @@ FINISHED_STATES = frozenset(
     }
 )
 KNOWN_STATES = PENDING_STATES | RUNNING_STATES | TRANSIENT_STATES | FINISHED_STATES
+# Pending reasons that mean "never, as asked" (the site does not enforce partition limits at
+# submit, so sbatch accepted it): the job is cancelled and ends FAILED_SETUP with the reason.
+HOPELESS_REASONS = frozenset(
+    {
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSJobLimit",
+    }
+)
 SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:|"
 
 
@@ -185,7 +198,8 @@ class JobContext:
 
 @dataclass(frozen=True)
 class Decision:
-    """``kind``: ``pending`` (reason), ``running``, ``finished`` (status …), ``none``."""
+    """``kind``: ``pending`` (reason), ``running``, ``finished`` (status …), ``refused``
+    (pending for ever: cancel it, then finished), ``none``."""
 
     kind: str
     status: JobStatus | None = None
@@ -216,6 +230,15 @@ def decide(job: SlurmJob | None, ctx: JobContext) -> Decision:
     state = job.state
     if state in PENDING_STATES:
         reason = job.reason if job.reason and job.reason != "None" else state.title()
+        if reason in HOPELESS_REASONS:
+            return Decision(
+                "refused",
+                JobStatus.FAILED_SETUP,
+                f"Slurm can never run it as asked (pending reason {reason}: more CPUs, memory, "
+                "nodes or time than the partition allows); lower resources or pick another "
+                "partition",
+                ReasonCode.CANNOT_START.value,
+            )
         return Decision("pending", reason=f"Slurm: {reason}")
     if state in RUNNING_STATES:
         return Decision("running")
