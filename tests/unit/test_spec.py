@@ -231,7 +231,7 @@ def test_unknown_resources_key_is_dotted(tmp_path: Path) -> None:
     err = task_error(tmp_path, "run: x\nresources: {cpu: 2}\n")
     assert err.key == "resources.cpu"
     assert "did you mean 'cpus'" in err.problem
-    assert "cpus, memory, timeout" in err.problem
+    assert "cpus, infra, memory, timeout" in err.problem
 
 
 def test_non_string_top_level_key_rejected(tmp_path: Path) -> None:
@@ -983,3 +983,16 @@ def test_service_shares_file_checks(tmp_path: Path) -> None:
     assert "more than one YAML document" in err.problem
     err = service_error(tmp_path, "name: a\nrun: x\nresources: {memory: 1}\n")
     assert err.key == "resources.memory"
+
+
+@pytest.mark.parametrize("value", ["local", "slurm", "slurm/debug"])
+def test_resources_infra_accepted(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(f"run: x\nresources: {{infra: {value}}}\n")
+    assert spec.load_task(str(path)).resources.infra == value
+
+
+@pytest.mark.parametrize("value", ["kubernetes", "aws/us-east-1", "local/x", "5"])
+def test_resources_infra_rejected_names_key_and_flag(tmp_path: Path, value: str) -> None:
+    err = task_error(tmp_path, f"run: x\nresources: {{infra: {value}}}\n")
+    assert err.key == "resources.infra"
