@@ -700,6 +700,13 @@ def render(info: dict[str, Any], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def bench_slurm(b: Bench) -> None:
+    """The Slurm rows live in their own module (they start a cluster)."""
+    from bench_slurm import bench_slurm as run
+
+    run(b)
+
+
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "launch": bench_launch_latency,
     "concurrent": bench_concurrent,
@@ -709,6 +716,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "start": bench_start_status_queue,
     "kill9": bench_kill9,
     "followers": bench_followers,
+    "slurm": bench_slurm,
 }
 
 
