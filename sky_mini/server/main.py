@@ -642,7 +642,16 @@ class Server:
         """Hand a job to its cluster once; its queue decides when it starts."""
         if record.executor is not None:
             return
-        record.executor = self.remote.for_infra(record.infra).launch(record, {})
+        backend = self.remote.for_infra(record.infra)
+        waiting = "waiting for the Slurm controller (sbatch cannot reach it); see api status"
+        if backend.free_slots() <= 0:
+            self.note_waiting(record, waiting)
+            return
+        where = backend.launch(record, {})
+        if not where:
+            self.note_waiting(record, waiting)
+            return
+        record.executor = where
         record.reason = "submitted to Slurm"
         self.save_job(record, durable=False)
         self.status_dirty = True

@@ -189,3 +189,44 @@ def test_bad_infra_is_exit_2_and_records_nothing(slurm_sky: SkyMini) -> None:
     result = slurm_sky.run("jobs", "launch", "--async", "--infra", "kubernetes", "--", "true")
     assert result.code == 2 and "--infra" in result.err and "Traceback" not in result.err
     assert queue_json(slurm_sky) == {}
+
+
+def test_api_status_shows_controller_then_exit_4_when_unreachable(
+    slurm_sky: SkyMini, slurm_cluster: Cluster, tmp_path: os.PathLike[str]
+) -> None:
+    job = launch(slurm_sky, "--", "true")
+    wait_status(slurm_sky, slurm_cluster, job, ("SUCCEEDED",))
+    healthy = slurm_sky.run("api", "status")
+    assert healthy.code == 0, healthy
+    assert "controller reachable" in healthy.out and "debug" in healthy.out
+    assert "filesystem the compute nodes share" in healthy.out
+    row = next(
+        c for c in slurm_sky.run("api", "status", "--json").json()["components"]
+        if c["kind"] == "slurm-controller"
+    )  # fmt: skip
+    assert row["slurm"]["nodes"] == {"idle": 1} and row["slurm"]["version"].startswith("slurm")
+    assert slurm_sky.run("api", "stop", timeout=60).code == 0
+    # The same home against a controller nobody listens on (a free port).
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bogus = os.path.join(str(tmp_path), "bogus.conf")
+    with open(slurm_cluster.conf) as src, open(bogus, "w") as dst:
+        for line in src:
+            dst.write(f"SlurmctldPort={port}\n" if line.startswith("SlurmctldPort=") else line)
+    slurm_sky.extra_env["SLURM_CONF"] = bogus
+    waiting = launch(slurm_sky, "--", "true")
+
+    def waiting_for_controller() -> bool:
+        record = queue_json(slurm_sky)[waiting]
+        return record["status"] == "PENDING" and "Slurm controller" in str(record["reason"])
+
+    wait_for(waiting_for_controller, 120, "PENDING, waiting for the controller (not failed)")
+
+    def degraded() -> bool:
+        return slurm_sky.run("api", "status").code == 4
+
+    wait_for(degraded, 90, "api status exit 4 while the controller is unreachable")
+    assert "controller unreachable" in slurm_sky.run("api", "status").out

@@ -251,3 +251,74 @@ def test_cancel_is_recorded_then_scancel_once(tmp_path: os.PathLike[str]) -> Non
     clock.now += POLL_MAX_SECONDS
     (event,) = backend.poll()
     assert event.data["status"] == "CANCELLED" and event.data["reason"] == "cancelled by user"
+
+
+def test_server_routes_by_infra_and_keeps_slurm_jobs_through_idle_and_shutdown(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """The tick loop: a Slurm job stays PENDING with Slurm's reason, takes no local
+    capacity, keeps an auto-started server from idling out, and a graceful stop leaves it
+    unfinished for the next server (no KILLED shutdown)."""
+    from sky_mini.config import Settings
+    from sky_mini.paths import Paths, ensure_dirs
+    from sky_mini.server.main import Capacity, Server
+    from sky_mini.state import Store
+    from tests.unit.test_server_tick import FakeBackend
+
+    fake, clock = FakeSlurm(), FakeClock()
+    paths = Paths(os.path.join(str(tmp_path), "home"))
+    ensure_dirs(paths)
+    server = Server(paths, Settings(), idle_minutes=0.1, clock=clock)
+    server.capacity = Capacity(cpus=1, memory_bytes=1)  # a Slurm job must not need any
+    server.backend = FakeBackend(0)
+    server.cgroup_caps = None  # configure_host is not run here
+    server.remote.by_kind["slurm"] = make_backend(paths.home, fake, clock)
+    store = Store(paths)
+
+    def build(job_id: int) -> JobRecord:
+        record = make_record(paths.home, job_id, resources={"cpus": 2, "memory_bytes": 1 << 30})
+        record.log_path = paths.job_log(job_id)
+        return record
+
+    job = store.create_job(build)
+    server.load_new_jobs()
+    server.dispatch_pending(clock())
+    assert fake.count("sbatch") == 1
+    server.dispatch_pending(clock())
+    assert fake.count("sbatch") == 1  # handed over once
+    clock.now += POLL_MAX_SECONDS
+    server.handle_backend_events(clock())
+    record = store.load_job(job.id)
+    assert record is not None and record.status is JobStatus.PENDING
+    assert record.reason == "Slurm: Resources" and record.slurm_job_id == "101"
+    clock.now += 3600
+    server.check_autostop(clock())
+    assert server.stop_requested is None  # unfinished Slurm work: no idle stop
+    server.initiate_shutdown("signal SIGTERM")
+    server.cleanup()
+    after = store.load_job(job.id)
+    assert after is not None and after.status is JobStatus.PENDING
+    assert fake.count("scancel") == 0
+
+
+def test_unreachable_controller_at_submit_is_retried_not_failed(
+    tmp_path: os.PathLike[str],
+) -> None:
+    home, fake, clock = str(tmp_path), FakeSlurm(), FakeClock()
+    backend = make_backend(home, fake, clock)
+    real = fake.__call__
+
+    def down(argv: Sequence[str], stdin: str | None) -> ToolResult:
+        if argv[0] == "sbatch":
+            fake.calls.append(list(argv))
+            return ToolResult(1, "", "sbatch: error: Unable to contact slurm controller")
+        return real(argv, stdin)
+
+    backend.tools.runner = down
+    assert backend.launch(make_record(home, 1), {}) == ""
+    assert backend.poll() == [] and backend.free_slots() == 0
+    assert backend.components()[0]["healthy"] is False
+    clock.now += 60
+    backend.tools.runner = real
+    assert backend.free_slots() > 0
+    assert backend.launch(make_record(home, 1), {}) == "slurm:101"

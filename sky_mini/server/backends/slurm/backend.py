@@ -35,6 +35,8 @@ log = logging.getLogger("sky_mini.server.slurm")
 LOST_GRACE_SECONDS = 60.0  # absent from Slurm, no exit record: then supervisor_lost
 CANCEL_BACKSTOP_EXTRA_SECONDS = 5.0
 PROBE_INTERVAL_SECONDS = 30.0
+SUBMIT_RETRY_SECONDS = 15.0  # after sbatch could not reach the controller
+UNREACHABLE_MARKERS = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes")
 FAULT_ENV = "SKY_MINI_SLURM_FAULT"  # test only: "after_sbatch" exits the server right there
 
 
@@ -87,6 +89,7 @@ class SlurmBackend:
         self.polls = 0
         self.controller: dict[str, Any] = {"reachable": None}
         self.next_probe = 0.0
+        self.submit_retry_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -103,7 +106,9 @@ class SlurmBackend:
         return []
 
     def free_slots(self) -> int:
-        return 1 << 30  # Slurm queues; its pending reason says why a job waits
+        """Slurm queues (its pending reason says why a job waits); none while sbatch cannot
+        reach the controller, until the retry time."""
+        return 0 if self.clock() < self.submit_retry_at else 1 << 30
 
     def child_exited(self, pid: int, status: int) -> list[BackendEvent]:
         return []
@@ -191,6 +196,15 @@ class SlurmBackend:
             if result.returncode == 124:  # no answer: it may have been submitted
                 tracked.lookup_by_name = True
                 return "slurm:submitting"
+            if any(marker in result.stderr for marker in UNREACHABLE_MARKERS):
+                # Certainly not submitted: stays PENDING here, tried again later.
+                self.jobs.pop(job.id, None)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.state_path(job.id))
+                self.submit_retry_at = self.clock() + SUBMIT_RETRY_SECONDS
+                self.note_unreachable(result.message())
+                self.next_probe = self.submit_retry_at
+                return ""
             self.refuse(tracked, result.message())
             return "slurm:refused"
         tracked.slurm_job_id = slurm_id
