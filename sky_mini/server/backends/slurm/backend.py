@@ -214,8 +214,17 @@ class SlurmBackend:
         log.info("job %d submitted to Slurm as job %s", job.id, slurm_id)
         return f"slurm:{slurm_id}"
 
-    def refuse(self, tracked: Tracked, message: str) -> None:
+    def forget(self, tracked: Tracked) -> None:
+        """The job is over for sky-mini: drop it and its Slurm-side files."""
         self.jobs.pop(tracked.job_id, None)
+        files = tracked.files
+        env_path = os.path.join(self.dir, f"job-{tracked.job_id}.env.json")
+        for path in (self.state_path(tracked.job_id), env_path, files.spec_path, files.script_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # the environment file may hold secrets: gone with the job
+
+    def refuse(self, tracked: Tracked, message: str) -> None:
+        self.forget(tracked)
         self.events.append(
             BackendEvent(
                 "finished",
@@ -235,7 +244,7 @@ class SlurmBackend:
         """Re-attach to a job a previous server handed to Slurm. Returns False when it
         never reached Slurm (the caller submits it as new)."""
         tracked = self.track(job)
-        tracked.running = job.status is JobStatus.RUNNING
+        tracked.running = job.status.is_active
         tracked.last_reason = job.reason
         saved = read_json(self.state_path(job.id))
         if not job.slurm_job_id and not isinstance(saved, dict):
@@ -381,19 +390,15 @@ class SlurmBackend:
                 log.warning("job %d still runs after its cancel's grace: scancel", tracked.job_id)
                 self.tools.run(["scancel", str(tracked.slurm_job_id)])
                 tracked.cancel_backstop_at = None
-            if not tracked.running:
+            # The wrapper says whether setup or run is under way (STARTING vs RUNNING).
+            started = read_json(tracked.files.started_path)
+            phase = started.get("phase") if isinstance(started, dict) else None
+            phase = phase if phase in ("setup", "run") else "run"
+            if not tracked.running or tracked.extra.get("phase") != phase:
                 tracked.running = True
-                self.events.append(
-                    BackendEvent(
-                        "started",
-                        tracked.job_id,
-                        {
-                            "phase": "run",
-                            "executor": f"slurm:{tracked.slurm_job_id}",
-                            "slurm_job_id": tracked.slurm_job_id,
-                        },
-                    )  # fmt: skip
-                )
+                tracked.extra["phase"] = phase
+                data = {"phase": phase, "executor": f"slurm:{tracked.slurm_job_id}"}
+                self.events.append(BackendEvent("started", tracked.job_id, data))
                 return True
             return False
         if decision.kind == "refused":
@@ -438,9 +443,7 @@ class SlurmBackend:
 
     def finish(self, tracked: Tracked, decision: states.Decision) -> None:
         assert decision.status is not None
-        self.jobs.pop(tracked.job_id, None)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.state_path(tracked.job_id))
+        self.forget(tracked)
         self.events.append(
             BackendEvent(
                 "finished",

@@ -162,15 +162,16 @@ class Wrapper:
             "host": socket.gethostname(),
             "started_at": time.time(),
         }
-        atomic_write(spec["started_path"], started)
-        phase = "run"
+        phase = "setup" if spec.get("setup") else "run"
+        atomic_write(spec["started_path"], {**started, "phase": phase})
         returncode = 0
         try:
             if spec.get("setup"):
-                phase = "setup"
                 returncode = self.run_phase(str(spec["setup"]))
             if returncode == 0 and not self.timed_out and self.signal_received is None:
-                phase = "run"
+                if phase == "setup":
+                    phase = "run"
+                    atomic_write(spec["started_path"], {**started, "phase": phase})
                 returncode = self.run_phase(str(spec["run"]))
         except OSError as exc:
             note(f"cannot start the {phase} command in {spec.get('workdir')}: {exc}")
