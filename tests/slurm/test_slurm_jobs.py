@@ -55,6 +55,7 @@ def test_success_and_exit_codes(slurm_sky: SkyMini, slurm_cluster: Cluster) -> N
     record = wait_status(slurm_sky, slurm_cluster, ok, ("SUCCEEDED", "FAILED", "KILLED"))
     assert record["status"] == "SUCCEEDED" and record["exit_code"] == 0
     assert record["infra"] == "slurm" and str(record["slurm_job_id"]).isdigit()
+    assert int(record["peak_memory_bytes"] or 0) > 0  # the step cgroup's peak, via the wrapper
     queue = slurm_sky.run("jobs", "queue", "--all", check=True).out
     assert f"slurm:{record['slurm_job_id']}" in queue
     assert slurm_sky.run("jobs", "wait", str(ok), timeout=JOB_TIMEOUT).code == 0
@@ -70,6 +71,7 @@ def test_oom_is_killed_memory_limit(slurm_sky: SkyMini, slurm_cluster: Cluster, 
     assert record["status"] == "KILLED", (record, slurm_cluster.said())
     assert record["reason_code"] == "memory_limit"
     assert "50 MiB" in str(record["reason"])
+    assert int(record["peak_memory_bytes"] or 0) >= 40 * 1024 * 1024, record
 
 
 def test_timeout_to_the_second_with_term_trap(slurm_sky: SkyMini, slurm_cluster: Cluster) -> None:

@@ -360,6 +360,8 @@ class SlurmBackend:
         if job is None or job.state in states.FINISHED_STATES:
             record = read_json(tracked.files.exit_path)
             exit_record = record if isinstance(record, dict) else None
+        if exit_record is not None and exit_record.get("peak_memory_bytes"):
+            tracked.extra["peak_memory_bytes"] = exit_record["peak_memory_bytes"]
         if job is None and exit_record is None and tracked.slurm_job_id:
             job = self.look_closer(tracked)
         ctx = states.JobContext(
@@ -454,6 +456,7 @@ class SlurmBackend:
                     "reason_code": decision.reason_code,
                     "exit_code": decision.exit_code,
                     "slurm_job_id": tracked.slurm_job_id,
+                    "peak_memory_bytes": tracked.extra.get("peak_memory_bytes"),
                 },
             )
         )

@@ -72,6 +72,30 @@ def node_ips() -> list[str]:
     return ips
 
 
+def peak_memory_bytes() -> int | None:
+    """The peak of this step's memory cgroup (the wrapper and the job share it under
+    Slurm's task/cgroup): v1 ``memory.max_usage_in_bytes``, v2 ``memory.peak``."""
+    try:
+        with open("/proc/self/cgroup") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            candidates.append(f"/sys/fs/cgroup/memory{path}/memory.max_usage_in_bytes")
+        elif controllers == "":
+            candidates.append(f"/sys/fs/cgroup{path}/memory.peak")
+    for candidate in candidates:
+        try:
+            with open(candidate) as handle:
+                return int(handle.read().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 class Wrapper:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
@@ -185,6 +209,7 @@ class Wrapper:
             "signal": killed_by,
             "timed_out": self.timed_out,
             "signal_received": self.signal_received,
+            "peak_memory_bytes": peak_memory_bytes(),
             "finished_at": time.time(),
         }
         atomic_write(spec["exit_path"], record)
