@@ -34,7 +34,7 @@ def launch(
     records: list[JobRecord] = []
     reused: set[int] = set()
     previous = list(after)
-    for task in plan.tasks:
+    for task, infra in zip(plan.tasks, plan.infras, strict=True):
         task_json, secrets = task.to_json(), task.secrets
         if secrets and secrets_in_record():
             task_json["envs"] = {**task_json["envs"], **secrets}  # test-only negative control
@@ -43,7 +43,7 @@ def launch(
             task_json,
             task.name or task_default_name(task),
             options or BatchOptions(),
-            fields={"after": previous, "pipeline": plan.pipeline},
+            fields={"after": previous, "pipeline": plan.pipeline, "infra": infra},
             secrets=secrets,
         )
         if deduplicated:

@@ -64,6 +64,8 @@ class ReasonCode(enum.StrEnum):
     CANNOT_START = "cannot_start"
     NEVER_FITS = "never_fits"
     DEPENDENCY_FAILED = "dependency_failed"
+    NODE_FAILURE = "node_failure"
+    PREEMPTED = "preempted"
 
 
 class FutureSchemaError(ValueError):
@@ -88,7 +90,6 @@ class JobRecord:
     pgid: int | None = None
     peak_memory_bytes: int | None = None
     executor: str | None = None
-    infra: str = "local"  # which backend runs it: "local", later "slurm[/<partition>]"
     instance_id: str | None = None
     cgroup_paths: list[str] = field(default_factory=list)
     memory_mechanism: str | None = None
@@ -101,6 +102,7 @@ class JobRecord:
     scheduled_at: float | None = None
     after: list[int] = field(default_factory=list)  # runs once all of these SUCCEEDED
     pipeline: str | None = None  # the pipeline or job group this job belongs to
+    slurm_job_id: str | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +134,7 @@ class JobRecord:
             "after": list(self.after),
             "pipeline": self.pipeline,
             "infra": self.infra,
+            "slurm_job_id": self.slurm_job_id,
             "executor": self.executor,
             "memory_mechanism": self.memory_mechanism,
             "resources": self.task.get("resources", {}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sky_mini.models import JobRecord
@@ -74,12 +74,14 @@ def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str
     if not records:
         return "No jobs. Submit one with: sky-mini jobs launch -- echo hello"
     headers = ["ID", "NAME", "STATUS", "SUBMITTED", "STARTED", "DURATION", "EXIT", "PEAK_MEM"]
-    optional = (
-        ("ATTEMPT", lambda r: f"{r.attempt}/{r.max_retries() + 1}" if r.max_retries() else None),
-        ("QUEUE", lambda r: r.queue),
-        ("AFTER", lambda r: ",".join(map(str, r.after)) or None),
+    # Optional columns appear only when a job uses them (INFRA: a job not run here).
+    optional: tuple[tuple[str, Callable[[JobRecord], bool], Callable[[JobRecord], Any]], ...] = (
+        ("INFRA", lambda r: r.infra != "local", infra_cell),
+        ("ATTEMPT", lambda r: r.max_retries() > 0, attempt_cell),
+        ("QUEUE", lambda r: r.queue is not None, lambda r: r.queue),
+        ("AFTER", lambda r: bool(r.after), lambda r: ",".join(map(str, r.after)) or None),
     )
-    used = [(h, cell) for h, cell in optional if any(cell(r) is not None for r in records)]
+    used = [(h, cell) for h, wanted, cell in optional if any(wanted(r) for r in records)]
     headers += [h for h, _ in used] + ["REASON"]
     rows: list[list[Any]] = []
     for header, r in group_pipelines(records):
@@ -100,6 +102,33 @@ def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str
             ]
         )
     return table(headers, rows)
+
+
+def attempt_cell(record: JobRecord) -> str | None:
+    """``2/3``: the attempt running (or last run) of how many a retried job may get."""
+    retries = record.max_retries()
+    return f"{record.attempt}/{retries + 1}" if retries else None
+
+
+def infra_cell(record: JobRecord) -> str:
+    """``local``, or ``slurm:1234`` (the Slurm job ID once it has one)."""
+    if record.infra == "local":
+        return "local"
+    return f"{record.infra}:{record.slurm_job_id}" if record.slurm_job_id else record.infra
+
+
+def slurm_lines(component: dict[str, Any]) -> list[str]:
+    info = component.get("slurm") or {}
+    if not info.get("reachable"):
+        return [f"slurm       controller unreachable: {info.get('error') or 'not probed yet'}"]
+    nodes = ", ".join(f"{n} {state}" for state, n in sorted((info.get("nodes") or {}).items()))
+    return [
+        f"slurm       controller reachable, {info.get('version')}, partitions "
+        f"{', '.join(info.get('partitions') or []) or '-'}, nodes {nodes or '-'}; "
+        f"{component.get('jobs', 0)} job(s) tracked, polled every "
+        f"{component.get('poll_interval_seconds')}s",
+        f"            {component.get('note')}",
+    ]
 
 
 def status_text(report: dict[str, Any]) -> str:
@@ -146,6 +175,8 @@ def status_text(report: dict[str, Any]) -> str:
                 if c.get("url")
                 else f"http: not listening on {c.get('listen')}: {c.get('error') or c['state']}"
             )
+        if c.get("kind") == "slurm-controller":
+            lines.extend(slurm_lines(c))
         if c.get("autostop_in_seconds") is not None:
             lines.append(
                 f"{c['name']}: no service up, autostop in "

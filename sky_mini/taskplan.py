@@ -137,8 +137,13 @@ def resolve_tasks(plan: Plan, *, create_home: bool) -> None:
     from sky_mini import spec
 
     machine: Any = None
+    default: str | None = None
     for index, task in enumerate(plan.tasks):
-        infra = task.resources.infra or DEFAULT_INFRA
+        infra = task.resources.infra
+        if infra is None:
+            if default is None:
+                default = configured_infra(create_home)
+            infra = default
         where = plan.source
         if len(plan.tasks) > 1 or plan.pipeline is not None:
             where = f"{plan.source} (document {index + plan.first_document})"
@@ -149,6 +154,14 @@ def resolve_tasks(plan: Plan, *, create_home: bool) -> None:
             target = machine
         plan.tasks[index] = spec.resolve(task, where, target, infra)
         plan.infras.append(infra)
+
+
+def configured_infra(create_home: bool) -> str:
+    """Config ``jobs.infra`` (where a task that names no infra runs), else local."""
+    from sky_mini import client
+    from sky_mini.config import load_settings
+
+    return load_settings(client.open_home(create=create_home)).infra or DEFAULT_INFRA
 
 
 def task_wants_gpus(tasks: Sequence[Any]) -> bool:

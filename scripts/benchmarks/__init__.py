@@ -34,6 +34,7 @@ from scripts.benchmarks import (
     kill9,
     latency,
     launch,
+    slurm,
     start,
     watchdog,
 )
@@ -50,6 +51,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "followers": followers.bench_followers,
     "http": lambda b: http.run(b, Home, footprint.footprint),
     "watchdog": watchdog.run,
+    "slurm": slurm.bench_slurm,
 }
 
 

@@ -37,6 +37,7 @@ from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server import batch, publish, restart, shutdown, startup
 from sky_mini.server.admission import Capacity, job_needs
+from sky_mini.server.backends import RemoteBackends
 from sky_mini.server.backends.base import Backend, BackendEvent
 from sky_mini.server.gpus import GpuPool, skypilot_env
 from sky_mini.server.hooks import HookRunner
@@ -112,6 +113,7 @@ class Server:
         self.pool: Any = None
         self.services: Any = None  # sky_mini.services.supervisor.ServicesSupervisor
         self.http: Any = None  # sky_mini.server.http_component.HttpSupervisor (--http)
+        self.remote = RemoteBackends(paths.home, self.key, settings)  # Slurm, on first use
         self.hooks = HookRunner(
             on_failure=settings.hook_on_failure,
             on_finish=settings.hook_on_finish,
@@ -237,7 +239,17 @@ class Server:
             self.status_dirty = True
 
     def backend_components(self) -> list[dict[str, Any]]:
-        return self.backend.components() if self.backend is not None else []
+        local = self.backend.components() if self.backend is not None else []
+        return local + self.remote.components()
+
+    def adopt_remote(self, record: JobRecord) -> None:
+        """Re-attach to a job on a cluster; one that never reached it is PENDING again."""
+        record.instance_id = self.instance_id
+        self.jobs[record.id] = record
+        if not self.remote.for_infra(record.infra).adopt(record):
+            record.status, record.executor, record.slurm_job_id = JobStatus.PENDING, None, None
+        self.save_job(record)
+        log.info("job %d on %s re-attached (%s)", record.id, record.infra, record.status.value)
 
     # -- restart (sky_mini.server.restart) ----------------------------------------------
 
@@ -366,7 +378,7 @@ class Server:
     def handle_backend_events(self, now: float) -> None:
         if self.backend is None:
             return
-        for event in self.backend.poll():
+        for event in [*self.backend.poll(), *self.remote.poll()]:
             self.apply_event(event, now)
 
     def apply_event(self, event: BackendEvent, now: float) -> None:
@@ -374,7 +386,12 @@ class Server:
         if record is None:
             return
         data = event.data
-        if event.kind == "started":
+        if data.get("slurm_job_id"):
+            record.slurm_job_id = str(data["slurm_job_id"])
+        if event.kind in ("pending", "submitted"):  # a cluster's queue: still PENDING here
+            record.reason = data.get("reason", record.reason)
+            self.save_job(record, durable=event.kind == "submitted")
+        elif event.kind == "started":
             record.status = JobStatus.RUNNING if data.get("phase") == "run" else JobStatus.STARTING
             record.started_at = record.started_at or now
             record.pid = data.get("pid")
@@ -454,7 +471,12 @@ class Server:
             record = self.jobs.get(job_id)
             if record is None:
                 continue
-            if record.status is JobStatus.PENDING:
+            if record.infra != "local" and record.executor is not None:
+                log.info("cancelling job %d on %s", job_id, record.infra)
+                self.remote.for_infra(record.infra).stop(
+                    job_id, "cancel", self.settings.kill_grace_seconds
+                )
+            elif record.status is JobStatus.PENDING:
                 record.finish(
                     JobStatus.CANCELLED,
                     now=now,
@@ -504,6 +526,9 @@ class Server:
             if held is not None:
                 self.note_waiting(record, held)
                 continue
+            if record.infra != "local":
+                self.launch_remote(record)
+                continue
             cpus, memory = job_needs(record, self.capacity.cpus)
             if not self.capacity.fits_ever(cpus, memory):
                 self.fail_never_fits(record, cpus, memory, now)
@@ -525,6 +550,29 @@ class Server:
             record.started_at = now
             self.save_job(record, durable=False)
             self.status_dirty = True
+
+    def launch_remote(self, record: JobRecord) -> None:
+        """Hand a job to its cluster once; its queue decides when it starts."""
+        if record.executor is not None:
+            return
+        backend = self.remote.for_infra(record.infra)
+        waiting = "waiting for the Slurm controller (sbatch cannot reach it); see api status"
+        if backend.free_slots() <= 0:
+            self.note_waiting(record, waiting)
+            return
+        secrets: dict[str, str] = {}
+        if record.task.get("secrets"):
+            from sky_mini.jobsecrets import read_secrets
+
+            secrets = read_secrets(self.paths.job_secrets(record.id))
+        where = backend.launch(record, {"secrets": secrets})
+        if not where:
+            self.note_waiting(record, waiting)
+            return
+        record.executor = where
+        record.reason = "submitted to Slurm"
+        self.save_job(record, durable=False)
+        self.status_dirty = True
 
     def dependencies_allow(self, record: JobRecord, now: float) -> bool:
         """``after`` gating: True to go on; else the job waits (reason noted) or was

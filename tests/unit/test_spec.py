@@ -1042,3 +1042,16 @@ def test_a_service_with_default_cpus_fits_a_half_cpu_box(tmp_path: Path) -> None
             machine_memory_bytes=GiB,
             path=str(path),
         )
+
+
+@pytest.mark.parametrize("value", ["local", "slurm", "slurm/debug"])
+def test_resources_infra_accepted(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(f"run: x\nresources: {{infra: {value}}}\n")
+    assert spec.load_task(str(path)).resources.infra == value
+
+
+@pytest.mark.parametrize("value", ["kubernetes", "aws/us-east-1", "local/x", "5"])
+def test_resources_infra_rejected_names_key_and_flag(tmp_path: Path, value: str) -> None:
+    err = task_error(tmp_path, f"run: x\nresources: {{infra: {value}}}\n")
+    assert err.key == "resources.infra"
