@@ -102,6 +102,7 @@ class JobRecord:
     scheduled_at: float | None = None
     after: list[int] = field(default_factory=list)  # runs once all of these SUCCEEDED
     pipeline: str | None = None  # the pipeline or job group this job belongs to
+    infra: str = "local"  # local | slurm | slurm/<partition>: which backend runs it
     slurm_job_id: str | None = None
     schema: int = SCHEMA_VERSION
 

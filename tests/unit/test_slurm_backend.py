@@ -98,7 +98,7 @@ def test_sbatch_argv_has_every_option(tmp_path: os.PathLike[str]) -> None:
         "workdir": "/srv/w",
         "num_nodes": 2,
         "resources": {"cpus": 1.5, "memory_bytes": 512 * 1024 * 1024, "timeout_seconds": 5,
-                      "accelerators": "A100:2"},
+                      "accelerator": "A100", "gpus": 2.0},
     }  # fmt: skip
     argv = submit.build_sbatch_argv(
         job_id=3,
@@ -128,8 +128,20 @@ def test_sbatch_argv_has_every_option(tmp_path: os.PathLike[str]) -> None:
     ):
         assert expected in argv, (expected, argv)
     assert argv[-1] == files.script_path
+    assert submit.gres_for({"gpus": 0.5}) == "gpu:1"  # Slurm shares no device: a whole one
+    assert submit.gres_for({"cpus": 1}) is None
     assert submit.parse_job_name("sky-mini-abc-3", "abc") == 3
     assert submit.parse_sbatch_answer("Submitted\n42;cluster\n") == "42"
+
+
+def test_gres_comes_from_the_task_yaml_accelerators(tmp_path: os.PathLike[str]) -> None:
+    from sky_mini import spec
+
+    path = os.path.join(str(tmp_path), "t.yaml")
+    with open(path, "w") as handle:
+        handle.write("run: x\nresources: {infra: slurm, accelerators: H100:4}\n")
+    resources = spec.load_task(path).to_json()["resources"]
+    assert submit.gres_for(resources) == "gpu:h100:4"
 
 
 def test_job_env_is_explicit() -> None:

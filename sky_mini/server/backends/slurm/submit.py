@@ -95,17 +95,15 @@ def time_limit_minutes(timeout_seconds: float | None, grace_seconds: float) -> i
     return max(1, math.ceil(total / 60.0))
 
 
-def gres_for(accelerators: Any) -> str | None:
-    """``A100:2`` → ``gpu:a100:2``; a mapping ``{A100: 2}`` likewise; None without GPUs."""
-    if not accelerators:
+def gres_for(resources: dict[str, Any]) -> str | None:
+    """The task's GPUs as ``--gres``: ``{accelerator: A100, gpus: 2}`` → ``gpu:a100:2``, any
+    GPU → ``gpu:2``; a fraction asks for a whole device (Slurm shares none). None without."""
+    count = float(resources.get("gpus") or 0.0)
+    if count <= 0:
         return None
-    if isinstance(accelerators, dict):
-        name, count = next(iter(accelerators.items()))
-    else:
-        text = str(accelerators)
-        name, _, raw = text.partition(":")
-        count = raw or 1
-    return f"gpu:{str(name).lower()}:{int(float(count))}"
+    name = resources.get("accelerator")
+    whole = max(1, math.ceil(count))
+    return f"gpu:{str(name).lower()}:{whole}" if name else f"gpu:{whole}"
 
 
 def build_sbatch_argv(
@@ -140,7 +138,7 @@ def build_sbatch_argv(
     minutes = time_limit_minutes(resources.get("timeout_seconds"), grace_seconds)
     if minutes is not None:
         argv.append(f"--time={minutes}")
-    gres = gres_for(resources.get("accelerators"))
+    gres = gres_for(resources)
     if gres:
         argv.append(f"--gres={gres}")
     partition = partition_of(infra, options)
