@@ -356,6 +356,9 @@ def record_builder(
             from sky_mini.jobsecrets import write_secrets
 
             write_secrets(paths.job_secrets(job_id), dict(secrets))
+        extra = dict(fields or {})
+        if extra.get("group") and not extra["group"].get("id"):  # a job group's first job
+            extra["group"] = {**extra["group"], "id": job_id}
         return JobRecord(
             id=job_id,
             task=task,
@@ -363,7 +366,7 @@ def record_builder(
             log_path=paths.job_log(job_id),
             submitted_at=now,
             env=job_env,
-            **(fields or {}),
+            **extra,
         )
 
     return build
