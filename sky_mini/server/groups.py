@@ -16,7 +16,7 @@ there are, so a group half recorded by its client does not start. The server cal
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.server.admission import job_needs
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sky_mini.server")
 
 STOPPING_REASON = "stopping: every primary task of its job group ended"
+STOPPED_REASON = "stopped: every primary task of its job group ended (termination_delay)"
 
 
 def group_id(record: JobRecord) -> int | None:
@@ -235,3 +236,10 @@ def stop_auxiliary(server: Server, record: JobRecord, delay: float, now: float) 
             server.backend.stop(record.id, "group", grace)
     else:
         server.remote.for_infra(record.infra).stop(record.id, "cancel", grace)
+
+
+def relabel_stopped(record: JobRecord, data: dict[str, Any]) -> dict[str, Any]:
+    """A cancel this module asked for (a cluster only knows "cancel") ends ``group_done``."""
+    if record.reason == STOPPING_REASON and data.get("status") == JobStatus.CANCELLED.value:
+        return {**data, "reason": STOPPED_REASON, "reason_code": ReasonCode.GROUP_DONE.value}
+    return data

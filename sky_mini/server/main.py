@@ -404,6 +404,7 @@ class Server:
             record.reason = None
             self.save_job(record, durable=False)
         elif event.kind == "finished":
+            data = groups.relabel_stopped(record, data)
             status = JobStatus(data.get("status", JobStatus.FAILED.value))
             record.finish(
                 status,

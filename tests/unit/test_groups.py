@@ -171,3 +171,22 @@ def test_a_retried_member_of_a_started_group_starts_alone(tmp_path: Path) -> Non
     server.dispatch_pending(101.0)
     assert status(server, second.id) is JobStatus.STARTING
     assert status(server, first.id) is JobStatus.STARTING
+
+
+def test_a_cancel_the_group_asked_for_ends_group_done(tmp_path: Path) -> None:
+    """A cluster backend only knows "cancel": its CANCELLED still says why (group_done),
+    while a user's own cancel of the same job would keep its reason."""
+    server = make_server(str(tmp_path), cpus=4, memory=4 * GiB, slots=4)
+    trainer, data = submit_group(server, 2, primary=[True, False], delay=0.0)
+    server.dispatch_pending(100.0)
+    finish(server, trainer.id, JobStatus.SUCCEEDED, 200.0)
+    groups.stop_auxiliaries(server, 200.0)
+    event = {"status": "CANCELLED", "reason": "cancelled by user", "reason_code": "cancelled"}
+    server.apply_event(BackendEvent("finished", data.id, event), 201.0)
+    record = server.store.load_job(data.id)
+    assert record.status is JobStatus.CANCELLED and record.reason_code == "group_done"
+    assert record.reason == groups.STOPPED_REASON
+    plain = submit(server)
+    server.dispatch_pending(300.0)
+    server.apply_event(BackendEvent("finished", plain.id, event), 301.0)
+    assert server.store.load_job(plain.id).reason_code == "cancelled"
