@@ -123,6 +123,10 @@ def group_blocker(
     if local and not server.capacity.fits_ever(cpus, int(memory)):
         fail_never_fits(server, members, cpus, int(memory), now)
         return "never fits"
+    never = never_together(server, members, len(local), gate)
+    if never is not None:
+        fail_group(server, members, never, now)
+        return "never fits"
     if server.backend is None or server.backend.free_slots() < len(local):
         return f"needs {len(local)} free executors at once"
     if not server.capacity.fits_now(cpus, int(memory)):
@@ -161,6 +165,28 @@ def cancel_pending(server: Server, members: list[JobRecord], reason: str, now: f
             )
 
 
+def never_together(
+    server: Server, members: list[JobRecord], local: int, gate: QueueGate
+) -> str | None:
+    """What can never hold all the group's tasks at once besides CPU and memory: fewer job
+    executors than local tasks, or a queue whose ``parallel`` is below its share."""
+    executors = getattr(server.pool, "job_executors", None)
+    if isinstance(executors, int) and local > executors:
+        return (
+            f"{label(members[0])} has {local} tasks that start together but this server runs "
+            f"at most {executors} jobs at once (see api status); split the group or raise "
+            "server.executors in config.yaml"
+        )
+    for queue, limit in gate.limits.items():
+        share = sum(1 for m in members if m.queue == queue)
+        if share > limit:
+            return (
+                f"{label(members[0])} has {share} tasks in queue {queue!r}, which runs at most "
+                f"{limit} at once (queues.{queue}.parallel); its tasks start together"
+            )
+    return None
+
+
 def fail_never_fits(
     server: Server, members: list[JobRecord], cpus: float, memory: int, now: float
 ) -> None:
@@ -169,6 +195,10 @@ def fail_never_fits(
         f"tasks start together) but this machine can give at most {server.capacity.cpus:g} "
         f"CPU and {format_size(server.capacity.memory_bytes)}; lower the tasks' resources"
     )
+    fail_group(server, members, reason, now)
+
+
+def fail_group(server: Server, members: list[JobRecord], reason: str, now: float) -> None:
     for member in members:
         if member.status is JobStatus.PENDING:
             end_pending(server, member, JobStatus.FAILED, reason, ReasonCode.NEVER_FITS, now)

@@ -190,3 +190,36 @@ def test_a_cancel_the_group_asked_for_ends_group_done(tmp_path: Path) -> None:
     server.dispatch_pending(300.0)
     server.apply_event(BackendEvent("finished", plain.id, event), 301.0)
     assert server.store.load_job(plain.id).reason_code == "cancelled"
+
+
+def test_more_tasks_than_executors_fails_at_once_instead_of_waiting(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    server = make_server(str(tmp_path), cpus=8, memory=8 * GiB, slots=2)
+    server.pool = SimpleNamespace(job_executors=2)
+    members = submit_group(server, 3, cpus=0.5)
+    server.dispatch_pending(time.time())
+    for member in members:
+        record = server.store.load_job(member.id)
+        assert record.status is JobStatus.FAILED and record.reason_code == "never_fits"
+        assert "at most 2 jobs at once" in record.reason
+    # Negative control: with three executors the same group starts.
+    (tmp_path / "b").mkdir()
+    roomy = make_server(str(tmp_path / "b"), cpus=8, memory=8 * GiB, slots=3)
+    roomy.pool = SimpleNamespace(job_executors=3)
+    started = submit_group(roomy, 3, cpus=0.5)
+    roomy.dispatch_pending(time.time())
+    assert [status(roomy, m.id) for m in started] == [JobStatus.STARTING] * 3
+
+
+def test_a_group_larger_than_its_queue_allows_fails_at_once(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    server = make_server(str(tmp_path), cpus=8, memory=8 * GiB, slots=4)
+    server.settings = replace(server.settings, queues={"one": 1})
+    members = submit_group(server, 2)
+    for member in members:
+        server.jobs[member.id].queue = "one"
+    server.dispatch_pending(time.time())
+    record = server.store.load_job(members[0].id)
+    assert record.status is JobStatus.FAILED and "queue 'one'" in record.reason, record
