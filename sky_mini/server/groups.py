@@ -177,6 +177,11 @@ def never_together(
             f"at most {executors} jobs at once (see api status); split the group or raise "
             "server.executors in config.yaml"
         )
+    if not gpus_fit_together(server, [m for m in members if m.infra == "local"]):
+        return (
+            f"{label(members[0])} asks for more GPUs at once than this machine has "
+            f"({', '.join(server.gpu_pool.devices) or 'none'}); its tasks start together"
+        )
     for queue, limit in gate.limits.items():
         share = sum(1 for m in members if m.queue == queue)
         if share > limit:
@@ -185,6 +190,23 @@ def never_together(
                 f"{limit} at once (queues.{queue}.parallel); its tasks start together"
             )
     return None
+
+
+def gpus_fit_together(server: Server, local: list[JobRecord]) -> bool:
+    """Would every member's GPUs fit on this machine's devices when all of them are free?"""
+    from sky_mini.server.gpus import GpuPool
+
+    empty = GpuPool(list(server.gpu_pool.devices))
+    for member in local:
+        resources = member.task.get("resources") or {}
+        count = float(resources.get("gpus") or 0.0)
+        if count <= 0:
+            continue
+        indices = empty.pick(resources.get("accelerator"), count)
+        if indices is None:
+            return False
+        empty.reserve(member.id, indices, count)
+    return True
 
 
 def fail_never_fits(

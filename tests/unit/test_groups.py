@@ -223,3 +223,30 @@ def test_a_group_larger_than_its_queue_allows_fails_at_once(tmp_path: Path) -> N
     server.dispatch_pending(time.time())
     record = server.store.load_job(members[0].id)
     assert record.status is JobStatus.FAILED and "queue 'one'" in record.reason, record
+
+
+def test_group_gpus_start_together_or_never(tmp_path: Path) -> None:
+    from sky_mini.server.gpus import GpuPool
+
+    server = make_server(str(tmp_path), cpus=8, memory=8 * GiB, slots=4)
+    server.gpu_pool = GpuPool(["NVIDIA H100", "NVIDIA H100"])
+    holder = submit(server)
+    server.jobs[holder.id].task["resources"].update({"accelerator": "H100", "gpus": 1.0})
+    server.dispatch_pending(time.time())
+    pair = submit_group(server, 2)
+    for member in pair:
+        server.jobs[member.id].task["resources"].update({"accelerator": "H100", "gpus": 1.0})
+    server.dispatch_pending(time.time())
+    # One H100 is free: the first task alone would get it; the group waits, holding none.
+    assert [status(server, m.id) for m in pair] == [JobStatus.PENDING] * 2
+    assert "H100" in str(server.jobs[pair[1].id].reason)
+    assert set(server.gpu_pool.holders) == {holder.id}
+    finish(server, holder.id, JobStatus.SUCCEEDED, time.time())
+    server.dispatch_pending(time.time())
+    assert [status(server, m.id) for m in pair] == [JobStatus.STARTING] * 2
+    trio = submit_group(server, 3)
+    for member in trio:
+        server.jobs[member.id].task["resources"].update({"accelerator": "H100", "gpus": 1.0})
+    server.dispatch_pending(time.time())
+    record = server.store.load_job(trio[0].id)
+    assert record.status is JobStatus.FAILED and "more GPUs at once" in record.reason
