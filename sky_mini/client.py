@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
 from sky_mini.errors import NoServerError, SkyMiniError, UsageError
-from sky_mini.models import JobRecord, JobStatus
+from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, check_home_trust, ensure_dirs, get_paths
 from sky_mini.state import LockTimeout, Store, flocked, is_locked, read_json
 from sky_mini.state import read_bytes as read_bytes_nofollow
@@ -596,8 +596,9 @@ def tail_lines(path: str, count: int) -> list[bytes]:
 
 
 def exit_code_of(record: JobRecord) -> int:
-    """The attached/logs/wait exit code of a finished job."""
-    if record.status is JobStatus.SUCCEEDED:
+    """The attached/logs/wait exit code of a finished job. An auxiliary task of a job group
+    stopped because its primary tasks ended (``group_done``) ended as planned: 0."""
+    if record.status is JobStatus.SUCCEEDED or record.reason_code == ReasonCode.GROUP_DONE.value:
         return 0
     if record.exit_code is not None and record.exit_code != 0:
         return record.exit_code

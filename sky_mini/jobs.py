@@ -186,6 +186,7 @@ def wait_jobs(job_ids: list[int], timeout: float | None) -> int:
     except SkyMiniError:
         raise
     for record in finished:
-        if record.status is not JobStatus.SUCCEEDED:
-            return client.exit_code_of(record)
+        code = client.exit_code_of(record)
+        if code:
+            return code
     return 0

@@ -97,6 +97,9 @@ def test_group_starts_together_and_the_auxiliary_stops_after_the_delay(
     trainer_end = float(str(job(sky, trainer)["finished_at"]))
     assert float(str(final["finished_at"])) >= trainer_end + 2.0  # termination_delay
     assert sky.run("jobs", "logs", str(data), "--no-follow", check=True).out == "serving\n"
+    # The auxiliary ended as planned: waiting on the whole group exits 0 (a failed primary
+    # would not).
+    assert sky.run("jobs", "wait", str(trainer), str(data), timeout=60).code == 0
     assert job(sky, data)["group"] == {
         "id": trainer,
         "size": 2,

@@ -250,3 +250,17 @@ def test_group_gpus_start_together_or_never(tmp_path: Path) -> None:
     server.dispatch_pending(time.time())
     record = server.store.load_job(trio[0].id)
     assert record.status is JobStatus.FAILED and "more GPUs at once" in record.reason
+
+
+def test_exit_code_counts_group_done_as_planned_and_a_user_cancel_not() -> None:
+    from sky_mini.client import exit_code_of
+
+    def ended(code: str | None, exit_code: int | None = None) -> JobRecord:
+        record = JobRecord(id=1, task={}, name="x", log_path="/dev/null", submitted_at=0.0)
+        status = JobStatus.CANCELLED if code != "exit_code" else JobStatus.FAILED
+        record.finish(status, now=1.0, reason="r", reason_code=code, exit_code=exit_code)
+        return record
+
+    assert exit_code_of(ended("group_done", 143)) == 0
+    assert exit_code_of(ended("cancelled")) == 1
+    assert exit_code_of(ended("exit_code", 3)) == 3
