@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
 from sky_mini.errors import NoServerError, SkyMiniError, UsageError
-from sky_mini.models import JobRecord, JobStatus
+from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, check_home_trust, ensure_dirs, get_paths
 from sky_mini.state import LockTimeout, Store, flocked, is_locked, read_json
 from sky_mini.state import read_bytes as read_bytes_nofollow
@@ -356,6 +356,9 @@ def record_builder(
             from sky_mini.jobsecrets import write_secrets
 
             write_secrets(paths.job_secrets(job_id), dict(secrets))
+        extra = dict(fields or {})
+        if extra.get("group") and not extra["group"].get("id"):  # a job group's first job
+            extra["group"] = {**extra["group"], "id": job_id}
         return JobRecord(
             id=job_id,
             task=task,
@@ -363,7 +366,7 @@ def record_builder(
             log_path=paths.job_log(job_id),
             submitted_at=now,
             env=job_env,
-            **(fields or {}),
+            **extra,
         )
 
     return build
@@ -593,8 +596,9 @@ def tail_lines(path: str, count: int) -> list[bytes]:
 
 
 def exit_code_of(record: JobRecord) -> int:
-    """The attached/logs/wait exit code of a finished job."""
-    if record.status is JobStatus.SUCCEEDED:
+    """The attached/logs/wait exit code of a finished job. An auxiliary task of a job group
+    stopped because its primary tasks ended (``group_done``) ended as planned: 0."""
+    if record.status is JobStatus.SUCCEEDED or record.reason_code == ReasonCode.GROUP_DONE.value:
         return 0
     if record.exit_code is not None and record.exit_code != 0:
         return record.exit_code

@@ -31,10 +31,15 @@ def launch(
     paths = client.open_home()
     note_ignored(plan)
     client.check_jobs_exist(paths, after, "--after")
+    if plan.parallel and options is not None and options.unique:
+        raise UsageError(
+            f"{plan.source}: --unique cannot reuse part of a job group (execution: parallel); "
+            "launch it without --unique"
+        )
     records: list[JobRecord] = []
     reused: set[int] = set()
     previous = list(after)
-    for task, infra in zip(plan.tasks, plan.infras, strict=True):
+    for index, (task, infra) in enumerate(zip(plan.tasks, plan.infras, strict=True)):
         task_json, secrets = task.to_json(), task.secrets
         if secrets and secrets_in_record():
             task_json["envs"] = {**task_json["envs"], **secrets}  # test-only negative control
@@ -43,7 +48,12 @@ def launch(
             task_json,
             task.name or task_default_name(task),
             options or BatchOptions(),
-            fields={"after": previous, "pipeline": plan.pipeline, "infra": infra},
+            fields={
+                "after": previous,
+                "pipeline": plan.pipeline,
+                "infra": infra,
+                "group": plan.group_fields(index, records[0].id if records else 0),
+            },
             secrets=secrets,
         )
         if deduplicated:
@@ -176,6 +186,7 @@ def wait_jobs(job_ids: list[int], timeout: float | None) -> int:
     except SkyMiniError:
         raise
     for record in finished:
-        if record.status is not JobStatus.SUCCEEDED:
-            return client.exit_code_of(record)
+        code = client.exit_code_of(record)
+        if code:
+            return code
     return 0

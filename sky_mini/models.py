@@ -66,6 +66,7 @@ class ReasonCode(enum.StrEnum):
     DEPENDENCY_FAILED = "dependency_failed"
     NODE_FAILURE = "node_failure"
     PREEMPTED = "preempted"
+    GROUP_DONE = "group_done"  # an auxiliary task stopped once the group's primary tasks ended
 
 
 class FutureSchemaError(ValueError):
@@ -102,6 +103,8 @@ class JobRecord:
     scheduled_at: float | None = None
     after: list[int] = field(default_factory=list)  # runs once all of these SUCCEEDED
     pipeline: str | None = None  # the pipeline or job group this job belongs to
+    # A job group (execution: parallel): {id (its first job), size, primary, termination_delay}
+    group: dict[str, Any] | None = None
     infra: str = "local"  # local | slurm | slurm/<partition>: which backend runs it
     slurm_job_id: str | None = None
     schema: int = SCHEMA_VERSION
@@ -134,6 +137,7 @@ class JobRecord:
             "scheduled_at": self.scheduled_at,
             "after": list(self.after),
             "pipeline": self.pipeline,
+            "group": self.group,
             "infra": self.infra,
             "slurm_job_id": self.slurm_job_id,
             "executor": self.executor,

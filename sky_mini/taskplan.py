@@ -40,6 +40,19 @@ class Plan:
         self.first_document = first_document
         self.gpus: list[str] = []
         self.gpu_source: str | None = None
+        self.primary: tuple[bool, ...] = ()  # job group: per task, a primary task?
+        self.delays: tuple[float, ...] = ()  # job group: per task, termination_delay (s)
+
+    def group_fields(self, index: int, group_id: int) -> dict[str, Any] | None:
+        """The record's ``group`` for task ``index`` of a job group (None otherwise)."""
+        if not self.parallel:
+            return None
+        return {
+            "id": group_id,
+            "size": len(self.tasks),
+            "primary": self.primary[index] if self.primary else True,
+            "termination_delay": self.delays[index] if self.delays else 0.0,
+        }
 
     @property
     def ignored(self) -> list[str]:
@@ -128,6 +141,7 @@ def build_plan(
         parallel=loaded.parallel,
         first_document=loaded.first_document,
     )
+    plan.primary, plan.delays = loaded.primary, loaded.delays
     resolve_tasks(plan, create_home=create_home)
     return plan
 
@@ -234,6 +248,13 @@ def render_plan(plan: Plan) -> str:
         label = task.name or default_name(task)
         lines.append(f"Task {index + 1}: {label}" if count > 1 else f"  name:        {label}")
         lines += _task_lines(task, infra, plan)
+        if plan.parallel and plan.primary and not all(plan.primary):
+            role = (
+                "primary"
+                if plan.primary[index]
+                else (f"auxiliary: stopped {plan.delays[index]:g}s after every primary task ended")
+            )
+            lines.append(f"  role:        {role}")
     lines.append("Dry run: nothing was recorded and no server was started.")
     return "\n".join(lines)
 

@@ -35,7 +35,7 @@ from sky_mini import __version__, procs
 from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
-from sky_mini.server import batch, publish, restart, shutdown, startup
+from sky_mini.server import batch, groups, publish, restart, shutdown, startup
 from sky_mini.server.admission import Capacity, job_needs
 from sky_mini.server.backends import RemoteBackends
 from sky_mini.server.backends.base import Backend, BackendEvent
@@ -305,6 +305,7 @@ class Server:
         self.reap_children()
         self.hooks.enforce_timeouts(now)
         self.handle_backend_events(now)
+        groups.stop_auxiliaries(self, now)
         self.load_new_jobs()
         self.handle_intents(now)
         self.maintain_components()
@@ -403,6 +404,7 @@ class Server:
             record.reason = None
             self.save_job(record, durable=False)
         elif event.kind == "finished":
+            data = groups.relabel_stopped(record, data)
             status = JobStatus(data.get("status", JobStatus.FAILED.value))
             record.finish(
                 status,
@@ -517,14 +519,16 @@ class Server:
             return
         gate = batch.build_gate(self.settings.queues, self.paths.paused, self.jobs.values())
         for job_id in sorted(self.jobs):
-            record = self.jobs[job_id]
-            if record.status is not JobStatus.PENDING:
+            record = self.jobs.get(job_id)  # a job group's step may have ended its other jobs
+            if record is None or record.status is not JobStatus.PENDING:
                 continue
             if record.after and not self.dependencies_allow(record, now):
                 continue
             held = batch.hold_reason(record, now, gate)
             if held is not None:
                 self.note_waiting(record, held)
+                continue
+            if record.group and groups.dispatch_group(self, record, now, gate):
                 continue
             if record.infra != "local":
                 self.launch_remote(record)
@@ -541,15 +545,23 @@ class Server:
                 continue
             if not self.reserve_gpus(record):
                 continue
-            self.capacity.reserve(job_id, cpus, memory)
-            record.status = JobStatus.STARTING
-            record.reason = None
-            record.retry_at = None
-            gate.note_started(record)
-            record.executor = self.backend.launch(record, self.job_payload(record))
-            record.started_at = now
-            self.save_job(record, durable=False)
-            self.status_dirty = True
+            self.start_local(record, cpus, memory, now, gate)
+
+    def start_local(
+        self, record: JobRecord, cpus: float, memory: int, now: float, gate: batch.QueueGate
+    ) -> None:
+        """Reserve and hand a job to a free executor (its GPUs are already reserved)."""
+        if self.backend is None:
+            return
+        self.capacity.reserve(record.id, cpus, memory)
+        record.status = JobStatus.STARTING
+        record.reason = None
+        record.retry_at = None
+        gate.note_started(record)
+        record.executor = self.backend.launch(record, self.job_payload(record))
+        record.started_at = now
+        self.save_job(record, durable=False)
+        self.status_dirty = True
 
     def launch_remote(self, record: JobRecord) -> None:
         """Hand a job to its cluster once; its queue decides when it starts."""

@@ -42,6 +42,7 @@ from sky_mini.spec.values import (
     parse_env_block,
     parse_int,
     parse_name,
+    parse_seconds,
     parse_timeout,
     parse_workdir,
     yaml_dir,
@@ -151,6 +152,8 @@ class TaskFile(NamedTuple):
     pipeline: str | None = None
     parallel: bool = False
     first_document: int = 1  # the document number of the first task (2 after a header)
+    primary: tuple[bool, ...] = ()  # job group: per task, primary (SkyPilot primary_tasks)
+    delays: tuple[float, ...] = ()  # job group: per task, termination_delay in seconds
 
 
 def _optional_str(value: object) -> str | None:
@@ -202,15 +205,80 @@ def _with_header(tasks: tuple[TaskSpec, ...], header: dict[Any, Any], path: str)
         raise SpecError(
             source, "execution", f"expected serial or parallel; found {describe(execution)}"
         )
+    parallel = execution == "parallel"
     for key in ("primary_tasks", "termination_delay"):
-        if header.get(key) is not None:
+        if header.get(key) is not None and not parallel:
+            raise SpecError(
+                source, key, "only a job group has it; add 'execution: parallel' to the header"
+            )
+    if not parallel:
+        return TaskFile(tasks, pipeline=name, first_document=2)
+    primary, delays = _group_roles(tasks, header, source)
+    return TaskFile(
+        tasks, pipeline=name, parallel=True, first_document=2, primary=primary, delays=delays
+    )
+
+
+def _group_roles(
+    tasks: tuple[TaskSpec, ...], header: dict[Any, Any], source: str
+) -> tuple[tuple[bool, ...], tuple[float, ...]]:
+    """SkyPilot's ``primary_tasks`` (names; unset: every task is primary) and
+    ``termination_delay`` (one duration, or ``{default: D, NAME: D}``): per task, whether it
+    is primary and how long an auxiliary task may keep running once every primary ended."""
+    names = [t.name for t in tasks]
+    raw_primary = header.get("primary_tasks")
+    raw_delay = header.get("termination_delay")
+    if raw_primary is None and raw_delay is None:
+        return tuple(True for _ in tasks), tuple(0.0 for _ in tasks)
+    seen: set[str] = set()
+    for number, task_name in enumerate(names, start=2):
+        if task_name is None:
             raise SpecError(
                 source,
-                key,
-                "ending a job group early is not supported by sky-mini yet; remove it "
-                "(every task then runs to its own end)",
+                "primary_tasks" if raw_primary is not None else "termination_delay",
+                f"every task of the job group needs a unique 'name' (document {number} has none)",
             )
-    return TaskFile(tasks, pipeline=name, parallel=execution == "parallel", first_document=2)
+        if task_name in seen:
+            raise SpecError(source, "name", f"two tasks of the job group are named {task_name!r}")
+        seen.add(task_name)
+    listing = ", ".join(str(n) for n in names)
+    primary_names: set[str] = set(str(n) for n in names)
+    if raw_primary is not None:
+        items = [raw_primary] if isinstance(raw_primary, str) else raw_primary
+        if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+            raise SpecError(
+                source,
+                "primary_tasks",
+                f"expected a list of task names such as [{names[0]}]; found "
+                f"{describe(raw_primary)}",
+            )
+        unknown = [i for i in items if i not in seen]
+        if unknown:
+            raise SpecError(
+                source, "primary_tasks", f"no task is named {unknown[0]!r}; the tasks: {listing}"
+            )
+        primary_names = set(items)
+    delays: dict[str, float] = {}
+    default = 0.0
+    if isinstance(raw_delay, dict):
+        for key, value in raw_delay.items():
+            if key != "default" and key not in seen:
+                raise SpecError(
+                    source,
+                    f"termination_delay.{key}",
+                    f"no task is named {key!r}; use 'default' or one of: {listing}",
+                )
+            seconds = parse_seconds(value, source, f"termination_delay.{key}", allow_zero=True)
+            if key == "default":
+                default = seconds
+            else:
+                delays[str(key)] = seconds
+    elif raw_delay is not None:
+        default = parse_seconds(raw_delay, source, "termination_delay", allow_zero=True)
+    return (
+        tuple(str(n) in primary_names for n in names),
+        tuple(delays.get(str(n), default) for n in names),
+    )
 
 
 def _load_document(

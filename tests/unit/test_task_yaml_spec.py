@@ -155,8 +155,53 @@ def test_pipeline_header_and_documents(tmp_path: Path) -> None:
     err = error(tmp_path, "name: p\n---\nrun: a\n---\nrun: a\nbogus: 1\n")
     assert "(document 3)" in err.path and err.key == "bogus"
     err = error(tmp_path, "name: g\nexecution: parallel\nprimary_tasks: [a]\n---\nrun: a\n")
-    assert err.key == "primary_tasks" and "not supported" in err.problem
+    assert err.key == "primary_tasks" and "unique 'name'" in err.problem
     assert "no task" in error(tmp_path, "name: p\n---\n").problem
+
+
+GROUP = (
+    "name: g\nexecution: parallel\n{header}---\nname: trainer\nrun: a\n---\nname: data\nrun: b\n"
+)
+
+
+def test_job_group_primary_tasks_and_termination_delay(tmp_path: Path) -> None:
+    plain = load_task_file(write(tmp_path, GROUP.format(header="")))
+    assert plain.primary == (True, True) and plain.delays == (0.0, 0.0)
+    one = load_task_file(
+        write(tmp_path, GROUP.format(header="primary_tasks: [trainer]\ntermination_delay: 30s\n"))
+    )
+    assert one.primary == (True, False) and one.delays == (30.0, 30.0)
+    per_task = load_task_file(
+        write(
+            tmp_path,
+            GROUP.format(
+                header="primary_tasks: [trainer]\ntermination_delay: {default: 5, data: 1m}\n"
+            ),
+        )
+    )
+    assert per_task.delays == (5.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("header", "key", "words"),
+    [
+        ("primary_tasks: [nope]\n", "primary_tasks", "no task is named 'nope'"),
+        ("primary_tasks: 3\n", "primary_tasks", "a list of task names"),
+        ("termination_delay: soon\n", "termination_delay", "a number of seconds"),
+        ("termination_delay: {other: 5}\n", "termination_delay.other", "no task is named"),
+        ("termination_delay: -1\n", "termination_delay", "0 or more"),
+    ],
+)
+def test_job_group_header_errors_name_the_key(
+    tmp_path: Path, header: str, key: str, words: str
+) -> None:
+    err = error(tmp_path, GROUP.format(header=header))
+    assert err.key == key and words in err.problem, err
+
+
+def test_group_keys_need_execution_parallel(tmp_path: Path) -> None:
+    err = error(tmp_path, "name: p\nprimary_tasks: [a]\n---\nname: a\nrun: a\n")
+    assert err.key == "primary_tasks" and "execution: parallel" in err.problem
 
 
 def test_old_records_load_without_the_new_keys() -> None:

@@ -62,7 +62,7 @@ class RunningJob:
     pid: int = 0
     cgroup: Any = None  # sky_mini.cgroups.JobCgroup | None
     status: int | None = None  # raw wait status of the current phase's process
-    stop_reason: str | None = None  # cancel | shutdown | timeout | memory_limit | lost
+    stop_reason: str | None = None  # cancel | group | shutdown | timeout | memory_limit | lost
     kill_at: float | None = None
     peak_bytes: int = 0
     next_sample: float = 0.0
@@ -411,6 +411,12 @@ class Executor:
             )
         if job.stop_reason == "cancel":
             return done(JobStatus.CANCELLED, ReasonCode.CANCELLED, "cancelled by user")
+        if job.stop_reason == "group":  # an auxiliary task of a job group (server/groups.py)
+            return done(
+                JobStatus.CANCELLED,
+                ReasonCode.GROUP_DONE,
+                "stopped: every primary task of its job group ended (termination_delay)",
+            )
         if job.stop_reason == "shutdown":
             return done(
                 JobStatus.KILLED,
