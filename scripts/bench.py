@@ -49,6 +49,7 @@ from sky_mini.state import Store, atomic_write_bytes  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_http  # noqa: E402
+import bench_peers  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 SKY = (
@@ -400,6 +401,7 @@ def bench_drain(b: Bench) -> None:
     b.add(section, "per job per executor (wall x executors / jobs)", per_job * 1000, "ms")
     b.add(section, f"plain fork+exec loop ({os.path.basename(SHELL)} -c true)", plain * 1000, "ms")
     b.add(section, "sky-mini overhead per job", (per_job - plain) * 1000, "ms")
+    bench_peers.drain_rows(b, section, wall, plain, count, executors)
 
 
 # -- 4. submit -> started ------------------------------------------------------------------------
@@ -443,6 +445,7 @@ def bench_start_latency(b: Bench) -> None:
         "ms",
         "the server's part: wake-up, dispatch, fork, exec",
     )
+    bench_peers.latency_rows(b, section, from_record, b.reps)
 
 
 # -- 5. idle footprint -------------------------------------------------------------------------
@@ -712,6 +715,8 @@ def bench_watchdog(b: Bench) -> None:
 
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "launch": bench_launch_latency,
+    "cron": lambda b: bench_peers.bench_cron(b, Home, SKY, base_env),
+    "burst": lambda b: bench_peers.bench_burst(b, Home, SKY, base_env),
     "concurrent": bench_concurrent,
     "drain": bench_drain,
     "latency": bench_start_latency,
@@ -721,6 +726,8 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "followers": bench_followers,
     "http": lambda b: bench_http.run(b, Home, footprint),
     "watchdog": bench_watchdog,
+    "lb": lambda b: bench_peers.bench_lb(b, Home),
+    "failover": lambda b: bench_peers.bench_failover(b, Home),
 }
 
 
