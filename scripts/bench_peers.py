@@ -95,7 +95,7 @@ def run_timed(argv: list[str], env: dict[str, str], cwd: str | None = None) -> f
     return time.perf_counter() - start
 
 
-ONE_TASK_YAML = "name: nightly\nrun: \"true\"\nresources:\n  cpus: 1\n"
+ONE_TASK_YAML = 'name: nightly\nrun: "true"\nresources:\n  cpus: 1\n'
 
 
 def bench_cron(
@@ -226,10 +226,9 @@ def tsp_drain(count: int, slots: int) -> float | None:
             return None
         spool.run("-S", str(slots))
         start = time.perf_counter()
-        last = ""
         for _ in range(count):
-            last = spool.run("-n", "true").strip()
-        spool.run("-w", last)
+            spool.run("-n", "true")
+        spool.run("-w", str(count - 1))  # a fresh server numbers jobs from 0 (-n prints none)
         return time.perf_counter() - start
 
 
@@ -263,11 +262,11 @@ def tsp_latency(samples: int) -> list[float]:
     with Spooler(2) as spool:
         if spool.tsp is None:
             return result
-        for _ in range(samples):
-            out = os.path.join(spool.dir, f"t{len(result)}")
+        for job in range(samples):
+            out = os.path.join(spool.dir, f"t{job}")
             invoked = time.time()
-            job = spool.run("-n", "sh", "-c", f"date +%s.%N > {out}").strip()
-            spool.run("-w", job)
+            spool.run("-n", "sh", "-c", f"date +%s.%N > {out}")
+            spool.run("-w", str(job))
             with open(out) as handle:
                 result.append(float(handle.read().strip()) - invoked)
     return result
