@@ -56,6 +56,7 @@ DISABLE_CHOICES = frozenset(
         "hook_detach",
         "pid1",
         "memguard",
+        "capacity",
     }
 )
 

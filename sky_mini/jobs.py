@@ -59,20 +59,35 @@ def build_task(
 def check_fits_machine(task: Any, source: str) -> None:
     """Reject at submit what this machine can never give (exit 2, nothing recorded)."""
     from sky_mini import spec
-    from sky_mini.config import load_settings
-    from sky_mini.resources import SERVER_RESERVE_MEMORY_BYTES, detect_resources
+    from sky_mini.capacity import read_published
 
     paths = client.open_home()
+    # The running server's detection, when it is what ours would be (sky_mini.capacity).
+    published = read_published(paths.server_dir, paths.config)
+    if published is not None:
+        cpus, memory = published
+    else:
+        cpus, memory = detect_machine(paths)
+    usable = max(memory - SERVER_RESERVE_MEMORY_BYTES, memory // 2)
+    spec.check_fits(task.resources, machine_cpus=cpus, machine_memory_bytes=usable, path=source)
+
+
+SERVER_RESERVE_MEMORY_BYTES = 256 * 1024**2
+"""As sky_mini.resources' (kept here so the submit path need not import that module)."""
+
+
+def detect_machine(paths: Any) -> tuple[float, int]:
+    """(cpus, memory_bytes) this process may use: config, overrides, cgroups, host."""
+    from sky_mini.config import load_settings
+    from sky_mini.resources import detect_resources
+
     settings = load_settings(paths)
     detected = detect_resources(
         config_cpus=settings.cpus,
         config_memory_bytes=settings.memory_bytes,
         host_memory=read_meminfo_total,
     )
-    usable = max(detected.memory_bytes - SERVER_RESERVE_MEMORY_BYTES, detected.memory_bytes // 2)
-    spec.check_fits(
-        task.resources, machine_cpus=detected.cpus, machine_memory_bytes=usable, path=source
-    )
+    return detected.cpus, detected.memory_bytes
 
 
 def read_meminfo_total() -> int:

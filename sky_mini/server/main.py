@@ -230,6 +230,7 @@ class Server:
         )
 
     def configure_host(self) -> None:
+        from sky_mini.capacity import publish as publish_capacity
         from sky_mini.cgroups import detect_capabilities
         from sky_mini.resources import detect_resources, size_pool
 
@@ -242,6 +243,9 @@ class Server:
             log.warning("%s", pool.warning)
             self.warnings.append(pool.warning)
         self.capacity = Capacity(cpus=detected.cpus, memory_bytes=pool.usable_memory_bytes)
+        publish_capacity(
+            self.paths.server_dir, self.paths.config, detected.cpus, detected.memory_bytes
+        )
         caps = detect_capabilities(disabled="cgroup" in settings.disabled)
         for warning in caps.warnings:
             log.warning("%s", warning)
