@@ -8,7 +8,6 @@ broken file is rejected cleanly instead of running code or exhausting memory.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -641,6 +640,8 @@ def _check_keys(data: Mapping[Any, Any], allowed: Sequence[str], path: str, pref
         dotted = f"{prefix}{shown}"
         hint = ""
         if isinstance(key, str):
+            import difflib  # only to suggest a key: not on the cron path
+
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             if close:
                 hint = f"did you mean '{close[0]}'? "
