@@ -42,6 +42,11 @@ log = logging.getLogger("sky_mini.server")
 
 TICK_SECONDS = 1.0
 STATUS_HEARTBEAT_SECONDS = 5.0
+STATUS_MIN_INTERVAL_SECONDS = 0.05
+"""While jobs come and go, status.json and jobs/active.json are rewritten at most this often
+(each write is a rename, which ext4 turns into a flush: ~2 ms per write in a drain)."""
+NOTE_WAITING_AFTER_SECONDS = 1.0
+"""A PENDING job's waiting reason is written to its record once it has waited this long."""
 SHUTDOWN_EXTRA_SECONDS = 5.0
 JOB_RESERVATION_EPSILON = 1e-9
 PRUNE_INTERVAL_SECONDS = 3600.0
@@ -140,6 +145,8 @@ class Server:
         self.idle_since: float | None = clock()
         self.status_dirty = True
         self.last_status_write = 0.0
+        self.last_active_write = 0.0
+        self.unsaved_waits: set[int] = set()  # waiting reasons not yet worth a write
         self.active_dirty = True
         self.last_prune = 0.0
         self.scan_cursor = 1  # next finished record to check once after start (see scan_history)
@@ -474,6 +481,10 @@ class Server:
     def next_timeout(self) -> float:
         if self.stop_requested is not None:
             return 0.1
+        if self.status_dirty or self.active_dirty:  # a held-back write is due soon
+            last = min(self.last_status_write, self.last_active_write)
+            due = last + STATUS_MIN_INTERVAL_SECONDS - self.clock()
+            return min(TICK_SECONDS, max(0.0, due))
         return TICK_SECONDS
 
     def wait_for_events(self, timeout: float) -> None:
@@ -534,10 +545,13 @@ class Server:
     def handle_backend_events(self, now: float) -> None:
         if self.backend is None:
             return
-        for event in self.backend.poll():
-            self.apply_event(event, now)
+        events = self.backend.poll()
+        # A job that started and finished within one poll gets one (durable) write, not two.
+        finished = {e.job_id for e in events if e.kind == "finished"}
+        for event in events:
+            self.apply_event(event, now, save=event.job_id not in finished)
 
-    def apply_event(self, event: BackendEvent, now: float) -> None:
+    def apply_event(self, event: BackendEvent, now: float, *, save: bool = True) -> None:
         record = self.jobs.get(event.job_id)
         if record is None:
             return
@@ -552,7 +566,8 @@ class Server:
             record.memory_mechanism = data.get("memory_mechanism")
             record.executor = data.get("executor")
             record.reason = None
-            self.save_job(record, durable=False)
+            if save:
+                self.save_job(record, durable=False)
         elif event.kind == "finished":
             status = JobStatus(data.get("status", JobStatus.FAILED.value))
             record.finish(
@@ -665,19 +680,20 @@ class Server:
                 continue
             held = batch.hold_reason(record, now, gate)
             if held is not None:
-                self.note_waiting(record, held)
+                self.note_waiting(record, held, now)
                 continue
             cpus, memory = job_needs(record, self.capacity.cpus)
             if not self.capacity.fits_ever(cpus, memory):
                 self.fail_never_fits(record, cpus, memory, now)
                 continue
             if self.backend.free_slots() <= 0:
-                self.note_waiting(record, "waiting for a free executor: all are busy")
+                self.note_waiting(record, "waiting for a free executor: all are busy", now)
                 continue
             if not self.capacity.fits_now(cpus, memory):
-                self.note_waiting(record, self.capacity.waiting_reason(cpus, memory))
+                self.note_waiting(record, self.capacity.waiting_reason(cpus, memory), now)
                 continue
             self.capacity.reserve(job_id, cpus, memory)
+            self.unsaved_waits.discard(job_id)
             record.status = JobStatus.STARTING
             record.reason = None
             record.retry_at = None
@@ -699,10 +715,17 @@ class Server:
             "env": env,
         }
 
-    def note_waiting(self, record: JobRecord, reason: str) -> None:
-        if record.reason != reason:
-            record.reason = reason
-            self.save_job(record, durable=False)
+    def note_waiting(self, record: JobRecord, reason: str, now: float) -> None:
+        """Record why a PENDING job waits; written once it has waited a moment (a queue that
+        drains at once would otherwise pay one record write per job for a reason nobody saw)."""
+        if record.reason == reason and record.id not in self.unsaved_waits:
+            return
+        record.reason = reason
+        if now - record.submitted_at < NOTE_WAITING_AFTER_SECONDS:
+            self.unsaved_waits.add(record.id)
+            return
+        self.unsaved_waits.discard(record.id)
+        self.save_job(record, durable=False)
 
     def fail_never_fits(self, record: JobRecord, cpus: float, memory: int, now: float) -> None:
         reason = (
@@ -823,7 +846,7 @@ class Server:
                 del self.jobs[record.id]
                 self.active_dirty = True
         with contextlib.suppress(OSError):
-            self.write_active_index()
+            self.write_active_index(force=True)
         self.hooks.kill_all()
         if self.cgroup_caps is not None:
             from sky_mini.cgroups import remove_base
@@ -867,9 +890,12 @@ class Server:
         for record in list(self.unsaved.values()):
             self.save_job(record)
 
-    def write_active_index(self) -> None:
+    def write_active_index(self, *, force: bool = False) -> None:
         if not self.active_dirty:
             return
+        now = self.clock()
+        if not force and now - self.last_active_write < STATUS_MIN_INTERVAL_SECONDS:
+            return  # still dirty; a stale index only lists finished jobs as unfinished
         try:
             self.store.write_active(sorted(self.jobs), self.seen_through)
         except OSError as exc:
@@ -877,6 +903,7 @@ class Server:
                 raise
             return  # still dirty: retried next tick
         self.active_dirty = False
+        self.last_active_write = now
 
     def write_status(self, *, force: bool = False, state: str | None = None) -> None:
         now = self.clock()
@@ -884,6 +911,8 @@ class Server:
             force or self.status_dirty or now - self.last_status_write >= STATUS_HEARTBEAT_SECONDS
         ):
             return
+        if not force and now - self.last_status_write < STATUS_MIN_INTERVAL_SECONDS:
+            return  # still dirty: written by a tick at most STATUS_MIN_INTERVAL_SECONDS later
         if state is None:
             state = "stopping" if self.stop_requested is not None else "running"
         pending = sum(1 for r in self.jobs.values() if r.status is JobStatus.PENDING)
