@@ -47,6 +47,7 @@ DISABLE_CHOICES = frozenset(
         "sweep",
         "pdeathsig",
         "pipe",
+        "fds",
         "oom_score",
         "reap",
         "inotify",

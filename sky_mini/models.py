@@ -87,6 +87,7 @@ class JobRecord:
     pgid: int | None = None
     peak_memory_bytes: int | None = None
     executor: str | None = None
+    infra: str = "local"  # which backend runs it: "local", later "slurm[/<partition>]"
     instance_id: str | None = None
     cgroup_paths: list[str] = field(default_factory=list)
     memory_mechanism: str | None = None
@@ -128,6 +129,7 @@ class JobRecord:
             "queue": self.queue,
             "scheduled_at": self.scheduled_at,
             "after": list(getattr(self, "after", None) or []),
+            "infra": self.infra,
             "executor": self.executor,
             "memory_mechanism": self.memory_mechanism,
             "resources": self.task.get("resources", {}),

@@ -405,6 +405,37 @@ def returncode_from_status(status: int) -> int:
     return -1
 
 
+def status_from_returncode(returncode: int) -> int:
+    """The raw wait status for a ``subprocess``-style returncode (inverse of the above)."""
+    return -returncode if returncode < 0 else (returncode & 0xFF) << 8
+
+
+def open_fds() -> list[int]:
+    """This process's open descriptors (``/proc/self/fd``, without the listing's own)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(1024)]
+    found = []
+    for name in names:
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the directory listing's own descriptor, closed by now
+        found.append(fd)
+    return found
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close each of ``fds`` that is open."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def close_fds_except(keep: Iterable[int]) -> None:
     """Close every descriptor but ``keep`` (a forked child must not hold the server's fds)."""
     keep_sorted = sorted(set(keep))

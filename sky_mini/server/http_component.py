@@ -37,7 +37,7 @@ def spawn_http(home: str, listen: str, disabled: frozenset[str]) -> tuple[int, i
 
     config = HttpConfig(home=home, listen=listen, disabled=disabled)
     # A partial of a module-level function: picklable, should fork_tied ever spawn instead.
-    return fork_tied("sky-mini: http", disabled, functools.partial(http_main, config))
+    return fork_tied("http", disabled, functools.partial(http_main, config))
 
 
 class HttpSupervisor:
@@ -140,7 +140,7 @@ class HttpSupervisor:
         delay = 0.0 if self.failures <= 1 else min(BACKOFF_MAX_SECONDS, 2.0 ** (self.failures - 1))
         self.next_start_at = now + delay
         self.state = "backoff" if delay else "dead"
-        from sky_mini.server.local import describe_returncode
+        from sky_mini.server.backends.local.pool import describe_returncode
 
         log.warning(
             "http component (pid %d) exited (%s)%s; restarting it%s",

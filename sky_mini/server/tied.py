@@ -1,20 +1,34 @@
 """Children tied to the server: the job executors and the services controller.
 
-A tied child is forked from the server's main thread (``PR_SET_PDEATHSIG`` fires when the
-forking *thread* exits) with two pipes: commands in, whose write end only the server holds,
-so EOF means "server gone"; and events out. Right after ``fork`` it asks for SIGTERM on its
-parent's death, re-checks ``getppid()`` (closing the fork/prctl race), becomes a child
-subreaper so its own children's orphans reparent to it, and closes every descriptor it
-inherited but its two pipes: no other process may hold the server's lock, wake FIFO or
-another child's pipe.
+A tied child is a ``multiprocessing`` process of the ``fork`` context, started from the
+server's main thread (``PR_SET_PDEATHSIG`` fires when the forking *thread* exits). Two ties
+make it die with the server: the parent-death signal (SIGTERM), and multiprocessing's parent
+sentinel (:func:`parent_sentinel`), a pipe end that turns readable (EOF) the moment the server
+is gone, which the child's selector loop watches next to its command pipe. On the server's
+side, ``Process.sentinel`` turns readable the moment the child exits (see
+:func:`child_sentinels`), and :func:`reap_tied` lets each ``Process`` reap its own child, so
+its ``exitcode`` is right (a child reaped by a bare ``waitpid`` leaves it at None forever).
+
+Right after the fork the child asks for SIGTERM on its parent's death, re-checks
+``getppid()`` (closing the fork/prctl race), becomes a child subreaper so its own children's
+orphans reparent to it, and closes every descriptor it inherited but its own: its command
+and event pipes and the two sentinel pipes multiprocessing made for it. No child holds the
+server's lock, the wake FIFO, or another child's pipes (in the fork context each later child
+would otherwise inherit the server's ends of every earlier child's pipes and sentinels).
+The messages themselves are JSON lines over plain pipes (:mod:`~sky_mini.server.channel`):
+non-blocking reads that fit one selector loop, and one line per event is easy to log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from typing import Any, NoReturn
 
 from sky_mini import procs
@@ -22,20 +36,63 @@ from sky_mini import procs
 ChildMain = Callable[[int, int], int]
 """Runs in the child with (command read fd, event write fd); returns its exit code."""
 
+_FORK = multiprocessing.get_context("fork")
 
-def fork_tied(role: str, disabled: frozenset[str], main: ChildMain) -> tuple[int, int, int]:
-    """Fork a tied child titled for ``role`` (``executor job-0``; see ``procs.set_title``);
-    return (pid, command write fd, event read fd)."""
+
+@dataclass
+class TiedChild:
+    """The server's handle on one tied child."""
+
+    process: BaseProcess
+    pid: int
+    cmd_w: int
+    evt_r: int
+    sentinel: int
+    returncode: int | None = None
+    """Set once reaped: ``subprocess``-style (negative signal number for a signal)."""
+
+
+_children: dict[int, TiedChild] = {}
+"""Tied children not yet reaped, by PID (the server's own bookkeeping)."""
+
+
+def start_tied(role: str, disabled: frozenset[str], main: ChildMain) -> TiedChild:
+    """Start a tied child titled for ``role`` (``executor job-0``; see ``procs.set_title``)
+    from the main thread; return its handle."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("tied children are started from the main thread only (PDEATHSIG)")
     server_pid = os.getpid()
     cmd_r, cmd_w = os.pipe()
     evt_r, evt_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        run_tied_child(role, server_pid, disabled, cmd_r, evt_w, main)
-    os.close(cmd_r)
-    os.close(evt_w)
+    # What the child inherits and must close: everything open now but its two pipe ends.
+    # The sentinel pipes multiprocessing creates next are not in this set, so they stay.
+    inherited = frozenset(procs.open_fds()) - {0, 1, 2, cmd_r, evt_w}
+    process = _FORK.Process(
+        target=run_tied_child,
+        args=(role, server_pid, disabled, cmd_r, evt_w, main, inherited),
+        name=role,
+        daemon=True,  # at interpreter exit multiprocessing terminates (SIGTERM) and joins it
+    )
+    try:
+        process.start()
+    finally:
+        os.close(cmd_r)
+        os.close(evt_w)
     os.set_blocking(cmd_w, True)
-    return pid, cmd_w, evt_r
+    assert process.pid is not None
+    child = TiedChild(process, process.pid, cmd_w, evt_r, process.sentinel)
+    _children[child.pid] = child
+    return child
+
+
+def fork_tied(role: str, disabled: frozenset[str], main: ChildMain) -> tuple[int, int, int]:
+    """Start a tied child titled for ``role``; return (pid, command write fd, event read fd).
+
+    The same as :func:`start_tied` for callers that only need the descriptors; the server's
+    :func:`reap_tied` still reaps it through its ``Process``.
+    """
+    child = start_tied(role, disabled, main)
+    return child.pid, child.cmd_w, child.evt_r
 
 
 def run_tied_child(
@@ -45,9 +102,11 @@ def run_tied_child(
     cmd_fd: int,
     evt_fd: int,
     main: ChildMain,
+    inherited: frozenset[int],
 ) -> NoReturn:
-    """The child's side of :func:`fork_tied`. Never returns into the server's code."""
+    """The child's side of :func:`start_tied`. Never returns into the server's code."""
     code = 1
+    _children.clear()  # the server's handles on earlier children mean nothing here
     try:
         if "pdeathsig" not in disabled:
             procs.set_parent_death_signal(signal.SIGTERM, server_pid)
@@ -55,7 +114,11 @@ def run_tied_child(
             os._exit(1)
         if "subreaper" not in disabled:
             procs.set_child_subreaper()
-        procs.close_fds_except((0, 1, 2, cmd_fd, evt_fd))
+        if "fds" not in disabled:  # test-only negative control: keep what was inherited
+            procs.close_fds(inherited)
+        sentinel = parent_sentinel()
+        if sentinel is not None:
+            os.set_blocking(sentinel, False)
         procs.set_title(role)
         code = main(cmd_fd, evt_fd)
     except BaseException:  # noqa: BLE001 - report, then exit without unwinding into the server
@@ -65,6 +128,107 @@ def run_tied_child(
             traceback.print_exc()
     finally:
         os._exit(code)
+
+
+def parent_sentinel() -> int | None:
+    """In a tied child: the descriptor that turns readable (EOF) when the server is gone."""
+    parent = multiprocessing.parent_process()
+    return None if parent is None else parent.sentinel
+
+
+def parent_gone() -> bool:
+    """In a tied child: has the server gone? (its sentinel reads EOF; nothing else arrives)"""
+    sentinel = parent_sentinel()
+    if sentinel is None:
+        return False
+    try:
+        return os.read(sentinel, 1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def child_sentinels() -> list[int]:
+    """In the server: one descriptor per live tied child, readable once that child exited."""
+    return [c.sentinel for c in _children.values() if c.returncode is None]
+
+
+def tied_child(pid: int) -> TiedChild | None:
+    return _children.get(pid)
+
+
+def reap_tied(pid: int) -> int | None:
+    """Let the ``Process`` of tied child ``pid`` reap it; return its returncode (None: alive).
+
+    Its descriptors (sentinel included) are closed here: call :func:`child_sentinels` again
+    before the next ``select``.
+    """
+    child = _children.get(pid)
+    if child is None:
+        return None
+    returncode = child.process.exitcode  # Popen.poll: waitpid(pid, WNOHANG) on its own
+    if returncode is None:
+        return None
+    child.returncode = returncode
+    del _children[pid]
+    with contextlib.suppress(ValueError):
+        child.process.close()
+    return child.returncode
+
+
+def reaped_elsewhere() -> list[int]:
+    """Tied children whose ``Process`` already reaped them (``start`` polls every child)."""
+    return [pid for pid, c in _children.items() if c.process.exitcode is not None]
+
+
+def reap_children(forget: Callable[[int], None], *, orphans: bool = True) -> list[tuple[int, int]]:
+    """Reap every exited child without blocking: [(pid, raw wait status)].
+
+    ``os.waitid(P_ALL, WNOWAIT)`` looks at the next exited child without reaping it; a tied
+    child is then reaped by its own ``Process`` (so its ``exitcode`` is right), any other
+    (an orphan adopted as PID 1 or subreaper) by ``waitpid``. ``forget(fd)`` is called with a
+    tied child's sentinel just before it is closed, so a selector can drop it. With
+    ``orphans=False`` (a test-only negative control) only tied children are reaped.
+    """
+    reaped: list[tuple[int, int]] = []
+
+    def reap_own(pid: int) -> bool:
+        child = _children[pid]
+        forget(child.sentinel)
+        returncode = reap_tied(pid)
+        if returncode is None:
+            return False
+        reaped.append((pid, procs.status_from_returncode(returncode)))
+        return True
+
+    for pid in reaped_elsewhere():
+        reap_own(pid)
+    if not orphans:
+        for pid in list(_children):
+            reap_own(pid)
+        return reaped
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if info is None or info.si_pid == 0:
+            break
+        pid = info.si_pid
+        if pid in _children:
+            if not reap_own(pid):
+                break  # cannot happen (it is waitable); never spin on it
+            continue
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if done:
+            reaped.append((done, status))
+    return reaped
 
 
 class LoopSignals:

@@ -247,7 +247,7 @@ def test_timeout_kills_the_job_with_reason_code_timeout(sky: SkyMini) -> None:
 def test_crash_looping_executor_makes_status_degraded(sky: SkyMini) -> None:
     import psutil
 
-    from sky_mini.server.local import MAX_RESTARTS_IN_WINDOW
+    from sky_mini.server.backends.local.pool import MAX_RESTARTS_IN_WINDOW
 
     server = sky.serve_foreground("--executors", "1")
 

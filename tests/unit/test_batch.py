@@ -16,7 +16,7 @@ from sky_mini.models import JobRecord, JobStatus
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.schedule import describe_wait, parse_at, parse_in, start_time
 from sky_mini.server import batch
-from sky_mini.server.backend import BackendEvent
+from sky_mini.server.backends.base import BackendEvent
 from sky_mini.server.main import Capacity, Server
 from sky_mini.spec import SpecError, apply_overrides, load_task, task_from_command
 from sky_mini.state import Store, atomic_write_json

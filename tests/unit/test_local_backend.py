@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from sky_mini.server import local
-from sky_mini.server.local import ExecutorHandle, LocalBackend
+from sky_mini.server.backends.local import pool as local
+from sky_mini.server.backends.local.pool import ExecutorHandle, LocalBackend
 
 
 def sigkill_status() -> int:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus
 from sky_mini.paths import Paths, ensure_dirs
-from sky_mini.server.backend import BackendEvent
+from sky_mini.server.backends.base import BackendEvent
 from sky_mini.server.main import Capacity, Server
 from sky_mini.state import Store
 from tests.helpers import FakeClock as Clock
@@ -29,8 +29,17 @@ class FakeBackend:
         self.running: dict[int, str] = {}
         self.stops: list[tuple[int, str]] = []
         self.events: list[BackendEvent] = []
+        self.offered: list[int] = []
+        self.still_known: set[int] = set()  # what reattach takes back (a cluster's jobs)
+
+    def owns(self, record: JobRecord) -> bool:
+        return True
 
     def start(self) -> None: ...
+
+    def reattach(self, records: list[JobRecord]) -> list[int]:
+        self.offered = [r.id for r in records]
+        return [r.id for r in records if r.id in self.still_known]
 
     def filenos(self) -> list[int]:
         return []
@@ -258,6 +267,30 @@ def test_restart_marks_running_jobs_lost_and_keeps_pending(tmp_path: Any) -> Non
     assert lost is not None and lost.status is JobStatus.KILLED
     assert lost.reason_code == "supervisor_lost"
     assert list(fresh.jobs) == [pending.id]
+
+
+def test_restart_keeps_the_jobs_a_backend_reattaches(tmp_path: Any) -> None:
+    """The seam for a cluster backend: work it still runs survives the server's restart."""
+    server = make_server(str(tmp_path), cpus=2, memory=GiB(1), slots=2)
+    kept, lost = submit(server), submit(server)
+    server.dispatch_pending(server.clock())
+    for job_id in (kept.id, lost.id):
+        server.jobs[job_id].status = JobStatus.RUNNING
+        Store(server.paths).save_job(server.jobs[job_id])
+    server.write_active_index()
+    fresh = make_server(str(tmp_path), cpus=2, memory=GiB(1), slots=2)
+    fresh.cgroup_caps = None
+    fresh.settings = Settings(disabled=frozenset({"sweep"}))
+    backend = fresh.backend
+    assert isinstance(backend, FakeBackend)
+    backend.still_known = {kept.id}
+    fresh.reconcile_previous_instance()
+    assert backend.offered == [kept.id, lost.id]
+    store = Store(fresh.paths)
+    assert store.load_job(kept.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert store.load_job(lost.id).reason_code == "supervisor_lost"  # type: ignore[union-attr]
+    assert list(fresh.jobs) == [kept.id]
+    assert fresh.capacity.holders == {kept.id: (1.0, 0)}  # its reservation is held again
 
 
 def test_a_job_recorded_while_the_server_reconciles_its_start_is_adopted(tmp_path: Any) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from sky_mini import services as svc
 from sky_mini.paths import Paths, ensure_dirs
-from sky_mini.server.controller import Controller, ControllerConfig, decide_autostop
+from sky_mini.services.controller import Controller, decide_autostop
+from sky_mini.services.model import ControllerConfig
 from sky_mini.spec import ServiceSpec
 from tests.helpers import FakeClock
 
@@ -74,7 +75,7 @@ def controller(tmp_path: Path) -> Iterator[tuple[Controller, Paths, FakeClock]]:
         yield ctl, paths, clock
     finally:
         for rt in ctl.all_runtimes():
-            ctl.close_lb(rt)
+            ctl.lb.close(rt)
         for fd in (cmd_r, cmd_w, evt_r, evt_w):
             os.close(fd)
         ctl.signals.close()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from sky_mini.server.controller import (
+from sky_mini.services import ReplicaState, ServiceStatus
+from sky_mini.services.model import (
     BACKOFF_ENV,
     RestartPolicy,
     backoff_initial_from_env,
-    parse_http_status,
     service_status,
 )
-from sky_mini.server.services import crash_delay
-from sky_mini.services import ReplicaState, ServiceStatus
+from sky_mini.services.probes import parse_http_status
+from sky_mini.services.supervisor import crash_delay
 
 
 def test_backoff_doubles_from_one_second_and_fails_at_five_in_the_window() -> None:

@@ -13,8 +13,8 @@ import pytest
 from sky_mini import services as svc
 from sky_mini.config import Settings
 from sky_mini.paths import Paths, ensure_dirs
-from sky_mini.server.controller import ControllerConfig
-from sky_mini.server.services import ServicesSupervisor
+from sky_mini.services.model import ControllerConfig
+from sky_mini.services.supervisor import ServicesSupervisor
 from sky_mini.spec import ServiceSpec
 from tests.helpers import FakeClock as Clock
 

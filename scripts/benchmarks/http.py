@@ -1,7 +1,7 @@
 """Bench rows for the http component (``scripts/bench.py --only http``).
 
-Kept apart from bench.py so that file can be reorganised freely: bench.py passes in its
-``Home`` class and ``footprint`` function. Target (issue 17): with ``--http`` on at
+The package passes in the harness's ``Home`` class and ``footprint.footprint``.
+Target (issue 17): with ``--http`` on at
 ``SKY_MINI_CPUS=1 SKY_MINI_MEMORY=2G``, the USS of every process (server, executor(s), http)
 stays at or under 30 MiB.
 """

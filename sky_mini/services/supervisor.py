@@ -27,7 +27,6 @@ from sky_mini import procs
 from sky_mini.config import Settings
 from sky_mini.paths import Paths
 from sky_mini.server.channel import LineReader, send_message
-from sky_mini.server.controller import ControllerConfig, backoff_initial_from_env
 from sky_mini.services import (
     CONTROLLER_NAME,
     DesiredService,
@@ -35,6 +34,7 @@ from sky_mini.services import (
     read_all_desired,
     take_controller_intent,
 )
+from sky_mini.services.model import ControllerConfig, backoff_initial_from_env
 
 log = logging.getLogger("sky_mini.server")
 
@@ -49,8 +49,8 @@ Spawner = Callable[[ControllerConfig], tuple[int, int, int]]
 
 def spawn_controller(config: ControllerConfig) -> tuple[int, int, int]:
     """Fork the services-controller from this (main) thread; see controller.controller_main."""
-    from sky_mini.server.controller import controller_main
     from sky_mini.server.tied import fork_tied
+    from sky_mini.services.controller import controller_main
 
     return fork_tied(
         "services-controller",
@@ -269,7 +269,7 @@ class ServicesSupervisor:
         delay = crash_delay(len(self.crash_times))
         self.next_start_at = now + delay
         handle.state = "backoff" if delay else "dead"
-        from sky_mini.server.local import describe_returncode
+        from sky_mini.server.backends.local.pool import describe_returncode
 
         log.warning(
             "services-controller (pid %d) died (%s)%s; %s",

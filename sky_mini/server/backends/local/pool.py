@@ -18,9 +18,9 @@ from typing import Any
 
 from sky_mini import procs
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
-from sky_mini.server.backend import BackendEvent
+from sky_mini.server.backends.base import BackendEvent, infra_kind
+from sky_mini.server.backends.local.executor import ExecutorConfig, executor_main
 from sky_mini.server.channel import LineReader, send_message
-from sky_mini.server.executor import ExecutorConfig, executor_main
 from sky_mini.server.tied import fork_tied
 
 log = logging.getLogger("sky_mini.server")
@@ -70,9 +70,19 @@ class LocalBackend:
 
     # -- executors ------------------------------------------------------------------
 
+    def owns(self, record: JobRecord) -> bool:
+        return infra_kind(record.infra) == self.name
+
     def start(self) -> None:
         for handle in self.executors:
             self.fork_executor(handle)
+
+    def reattach(self, records: list[JobRecord]) -> list[int]:
+        """Nothing to re-attach: executors die with their server. Kill what is left."""
+        for record in records:
+            if procs.is_same_process(record.pid, record.pid_create_time):
+                kill_job_leftovers(record.pgid, record.cgroup_paths)
+        return []
 
     def fork_executor(self, handle: ExecutorHandle) -> None:
         config = ExecutorConfig(

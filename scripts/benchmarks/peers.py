@@ -1,12 +1,12 @@
-"""Floors and peers for the performance targets of issue 16 (``scripts/bench.py``).
+"""Floors and peers for the performance targets of issue 16 (``scripts/bench``).
 
 Every target is a ratio to a floor or a peer measured in the same run, so it holds on a
-noisy machine. Kept apart from bench.py (which passes in its ``Home`` class and helpers):
+noisy machine. The harness passes in its ``Home`` class and helpers:
 
 - ``cron``: ``jobs launch --async -- true`` and a one-task YAML against
   ``python -c 'import click'``, interleaved (target ≤ 1.3×);
 - ``burst``: 30 ``--async`` at once against 30 ``import click`` at once (≤ 1.6×);
-- drain and latency rows (called from bench.py's own sections): task-spooler (``tsp``,
+- drain and latency rows (called from the drain and latency sections): task-spooler (``tsp``,
   Debian's ``task-spooler``) draining the same 100 × ``true`` with 2 slots, and its
   enqueue → running latency;
 - ``lb``: the services load balancer in front of 2 nginx replicas against nginx direct,

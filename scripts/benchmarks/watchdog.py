@@ -30,7 +30,7 @@ READ_ONLY = (
 
 
 def run(b: Any) -> None:
-    """Add the watchdog rows to ``b`` (a ``bench.Bench``)."""
+    """Add the watchdog rows to ``b`` (a ``harness.Bench``)."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         b.add(
             "watchdog",
@@ -62,7 +62,7 @@ def run(b: Any) -> None:
 
 
 def measure(samples: int, disable: str) -> tuple[list[int], dict[int, float]]:
-    from bench import Home, wait_for  # scripts/bench.py: run as a script, so importable
+    from scripts.benchmarks.harness import Home, wait_for
 
     extra = {"SKY_MINI_DISABLE": disable} if disable else {}
     with Home("watchdog", extra) as home:
@@ -112,7 +112,7 @@ def executor_cpu_share(home: Any, size_mib: int) -> float:
     executor = psutil.Process(home.executor_pids()[0])
     idle = IDLE.format(size_mib)
     job = int(home.sky("jobs", "launch", "--async", "--memory", "64M", "--", "sh", "-c", idle))
-    from bench import wait_for
+    from scripts.benchmarks.harness import wait_for
 
     wait_for(lambda: home.job(job)["status"] == "RUNNING", 30, "the idle job running")
     start_cpu, start = sum(executor.cpu_times()[:2]), time.monotonic()

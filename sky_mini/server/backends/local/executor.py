@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from sky_mini import memguard, procs
 from sky_mini.models import JobStatus, ReasonCode, exit_code_for
 from sky_mini.server.channel import LineReader, send_message
-from sky_mini.server.tied import LoopSignals
+from sky_mini.server.tied import LoopSignals, parent_gone, parent_sentinel
 from sky_mini.units import format_size
 
 PEAK_SAMPLE_INTERVAL_SECONDS = 0.5
@@ -89,6 +89,9 @@ class Executor:
         selector = selectors.DefaultSelector()
         selector.register(self.commands.fd, selectors.EVENT_READ)
         selector.register(self.signals.read_fd, selectors.EVENT_READ)
+        sentinel = parent_sentinel()
+        if sentinel is not None:
+            selector.register(sentinel, selectors.EVENT_READ)
         while True:
             selector.select(self.next_timeout())
             self.signals.drain()
@@ -97,13 +100,15 @@ class Executor:
                 return 0
             for message in self.commands.read_messages():
                 self.handle_command(message)
-            if self.commands.eof:
+            if self.commands.eof or parent_gone():
                 if "pipe" not in self.config.disabled:
-                    self.handle_server_gone("command pipe closed (server gone)")
+                    why = "command pipe closed" if self.commands.eof else "parent sentinel EOF"
+                    self.handle_server_gone(f"{why} (server gone)")
                     return 0
-                # Test-only negative control: ignore the server's death on the pipe.
-                with contextlib.suppress(KeyError, ValueError):
-                    selector.unregister(self.commands.fd)
+                # Test-only negative control: ignore the server's death on both pipes.
+                for fd in (self.commands.fd, -1 if sentinel is None else sentinel):
+                    with contextlib.suppress(KeyError, ValueError):
+                        selector.unregister(fd)
             self.reap_children()
             self.enforce_limits(time.monotonic())
             self.advance_job()

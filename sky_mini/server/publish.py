@@ -1,0 +1,142 @@
+"""What the server publishes: job records, ``jobs/active.json`` and ``server/status.json``.
+
+The server must outlive a full disk: a record it cannot save stays in memory and is
+retried every tick; the status and the active index are retried too.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from sky_mini import __version__, procs
+from sky_mini.models import JobRecord, JobStatus
+from sky_mini.state import atomic_write_json
+
+if TYPE_CHECKING:
+    from sky_mini.server.main import Server
+
+log = logging.getLogger("sky_mini.server")
+
+STATUS_HEARTBEAT_SECONDS = 5.0
+STATUS_MIN_INTERVAL_SECONDS = 0.05
+"""While jobs come and go, status.json and jobs/active.json are rewritten at most this often
+(each write is a rename, which ext4 turns into a flush: ~2 ms per write in a drain)."""
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def save_job(server: Server, record: JobRecord, *, durable: bool = True) -> None:
+    """Write a record; on a full disk keep it in memory and retry every tick.
+
+    The server must outlive a full disk: its in-memory record is the truth until the
+    write succeeds (clients see the last record written until then).
+    """
+    try:
+        server.store.save_job(record, durable=durable)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        if record.id not in server.unsaved:
+            log.warning(
+                "cannot save job %d's record (%s); will retry when there is space",
+                record.id,
+                exc.strerror,
+            )
+        server.unsaved[record.id] = record
+        return
+    server.unsaved.pop(record.id, None)
+
+
+NOTE_WAITING_AFTER_SECONDS = 1.0
+"""A PENDING job's waiting reason is written to its record once it has waited this long."""
+
+
+def note_waiting(server: Server, record: JobRecord, reason: str, now: float) -> None:
+    """Record why a PENDING job waits; written once it has waited a moment (a queue that
+    drains at once would otherwise pay one record write per job for a reason nobody saw)."""
+    if record.reason == reason and record.id not in server.unsaved_waits:
+        return
+    record.reason = reason
+    if now - record.submitted_at < NOTE_WAITING_AFTER_SECONDS:
+        server.unsaved_waits.add(record.id)
+        return
+    server.unsaved_waits.discard(record.id)
+    server.save_job(record, durable=False)
+
+
+def retry_unsaved_jobs(server: Server) -> None:
+    for record in list(server.unsaved.values()):
+        server.save_job(record)
+
+
+def write_active_index(server: Server, *, force: bool = False) -> None:
+    if not server.active_dirty:
+        return
+    now = server.clock()
+    if not force and now - server.last_active_write < STATUS_MIN_INTERVAL_SECONDS:
+        return  # still dirty; a stale index only lists finished jobs as unfinished
+    try:
+        server.store.write_active(sorted(server.jobs), server.seen_through)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        return  # still dirty: retried next tick
+    server.active_dirty = False
+    server.last_active_write = now
+
+
+def write_status(server: Server, *, force: bool = False, state: str | None = None) -> None:
+    now = server.clock()
+    if not (
+        force or server.status_dirty or now - server.last_status_write >= STATUS_HEARTBEAT_SECONDS
+    ):
+        return
+    if not force and now - server.last_status_write < STATUS_MIN_INTERVAL_SECONDS:
+        return  # still dirty: a tick writes it at most STATUS_MIN_INTERVAL_SECONDS later
+    if state is None:
+        state = "stopping" if server.stop_requested is not None else "running"
+    pending = sum(1 for r in server.jobs.values() if r.status is JobStatus.PENDING)
+    autostop_at = None
+    if server.idle_minutes is not None and server.idle_since is not None:
+        autostop_at = server.idle_since + server.idle_minutes * 60
+    components = server.backend_components()
+    if server.services is not None:
+        components.extend(server.services.components())
+    if server.http is not None:
+        components.extend(server.http.components())
+    status = {
+        "schema": 1,
+        "state": state,
+        "pid": os.getpid(),
+        "create_time": procs.process_create_time(os.getpid()),
+        "instance_id": server.instance_id,
+        "version": __version__,
+        "home": server.paths.home,
+        "started_at": server.started_at,
+        "updated_at": now,
+        "detached": server.detached,
+        "idle_minutes": server.idle_minutes,
+        "autostop_at": autostop_at,
+        "stop_reason": server.stop_requested,
+        "warnings": server.warnings,
+        "capacity": {
+            "cpus": server.capacity.cpus,
+            "memory_bytes": server.capacity.memory_bytes,
+            "used_cpus": server.capacity.used_cpus,
+            "used_memory_bytes": server.capacity.used_memory,
+        },
+        "queue": {"pending": pending, "running": len(server.jobs) - pending},
+        "components": components,
+        "services": server.services.status_json() if server.services is not None else None,
+        **server.details,
+    }
+    try:
+        atomic_write_json(server.paths.server_status, status, durable=False)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        log.warning("cannot write %s: no space left on device", server.paths.server_status)
+    server.status_dirty = False
+    server.last_status_write = now

@@ -1,0 +1,315 @@
+"""The TCP load balancer: one listening socket per service on 127.0.0.1, proxied connections
+round-robin over READY replicas, and replay of a request whose replica died before answering.
+
+:class:`LoadBalancer` owns every listening socket and connection, on the controller's
+selector (it registers them tagged ``("lb", runtime)`` and ``("conn", connection)``). The
+loop calls :meth:`~LoadBalancer.bind`, :meth:`~LoadBalancer.close`,
+:meth:`~LoadBalancer.accept` and :meth:`~LoadBalancer.handle_connection`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import selectors
+import socket
+import struct
+from typing import Any
+
+from sky_mini.services.desired import LB_HOST
+from sky_mini.services.model import Replica, ServiceRuntime
+
+log = logging.getLogger("sky_mini.services")
+
+LB_BACKLOG = 128
+LB_BIND_RETRY_SECONDS = 2.0
+PROXY_CHUNK = 65536
+PROXY_BUFFER_LIMIT = 256 * 1024
+# What was sent to a replica is kept until its first response byte, so a request whose
+# replica died before answering (e.g. killed after the kernel accepted the connection on its
+# listen backlog) is replayed to another READY replica, as HAProxy's "retry-on
+# empty-response" does. Requests larger than this are not retried.
+REPLAY_LIMIT = 64 * 1024
+ACCEPTS_PER_EVENT = 64
+
+
+class Connection:
+    """A proxied client connection and its upstream replica connection."""
+
+    def __init__(self, runtime: ServiceRuntime, client: socket.socket) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.upstream: socket.socket | None = None
+        self.replica: Replica | None = None
+        self.tried: set[int] = set()
+        self.connecting = False
+        self.to_upstream = bytearray()
+        self.to_client = bytearray()
+        self.client_eof = False
+        self.upstream_eof = False
+        self.client_shut = False
+        self.upstream_shut = False
+        self.closed = False
+        self.replay = bytearray()  # bytes sent upstream, kept until the first answer byte
+        self.answered = False
+
+
+class LoadBalancer:
+    """Every service's listener and proxied connections, on the controller's selector."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        self.interest: dict[int, int] = {}
+
+    def bind(self, rt: ServiceRuntime, now: float) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((LB_HOST, rt.lb_port or 0))
+            sock.listen(LB_BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            where = f"{LB_HOST}:{rt.lb_port}" if rt.lb_port else LB_HOST
+            problem = f"the load balancer cannot listen on {where}: {exc.strerror or exc}"
+            if exc.errno == errno.EADDRINUSE:
+                problem += " (another program uses it); choose another 'port' or free it"
+            if rt.lb_error != problem:
+                log.warning("services-controller: service %s: %s", rt.name, problem)
+            rt.lb_error = problem
+            rt.next_bind_at = now + LB_BIND_RETRY_SECONDS
+            rt.dirty = True
+            return
+        rt.listener = sock
+        rt.lb_port = int(sock.getsockname()[1])
+        rt.lb_error = None
+        rt.dirty = True
+        self.selector.register(sock, selectors.EVENT_READ, ("lb", rt))
+        log.info(
+            "services-controller: service %s load balancer on %s",
+            rt.name,
+            f"{LB_HOST}:{rt.lb_port}",
+        )
+
+    def close(self, rt: ServiceRuntime) -> None:
+        if rt.listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(rt.listener)
+            rt.listener.close()
+            rt.listener = None
+        for conn in list(rt.connections):
+            self.close_connection(conn)
+
+    def accept(self, rt: ServiceRuntime) -> None:
+        if rt.listener is None:
+            return
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                client, _addr = rt.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("services-controller: accept on %s failed: %s", rt.name, exc)
+                return
+            client.setblocking(False)
+            conn = Connection(rt, client)
+            if not self.connect_upstream(conn):
+                # No READY replica: fail at once rather than leave the client hanging.
+                with contextlib.suppress(OSError):
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # with linger 0: a reset, which clients report at once
+                continue
+            rt.connections.add(conn)
+            self.update_interest(conn)
+
+    def pick_replica(self, rt: ServiceRuntime, tried: set[int]) -> Replica | None:
+        """Round-robin over READY replicas, skipping those already tried for this client."""
+        ready = [r for r in rt.ready_replicas() if r.index not in tried]
+        if not ready:
+            return None
+        choice = ready[rt.rr % len(ready)]
+        rt.rr += 1
+        return choice
+
+    def connect_upstream(self, conn: Connection) -> bool:
+        """Start connecting to the next READY replica; False when none is left to try."""
+        while True:
+            replica = self.pick_replica(conn.runtime, conn.tried)
+            if replica is None:
+                return False
+            conn.tried.add(replica.index)
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            upstream.setblocking(False)
+            code = upstream.connect_ex((LB_HOST, replica.port or 0))
+            if code not in (0, errno.EINPROGRESS):
+                upstream.close()
+                continue
+            conn.upstream = upstream
+            conn.replica = replica
+            conn.connecting = True
+            return True
+
+    def handle_connection(self, conn: Connection, sock: socket.socket, mask: int) -> None:
+        if conn.closed:
+            return
+        try:
+            if sock is conn.upstream and conn.connecting:
+                if mask & selectors.EVENT_WRITE:
+                    self.finish_connect(conn)
+            elif sock is conn.client:
+                if mask & selectors.EVENT_READ:
+                    conn.client_eof |= self.pump_in(conn.client, conn.to_upstream)
+                if mask & selectors.EVENT_WRITE:
+                    self.pump_out(conn.client, conn.to_client)
+            elif sock is conn.upstream:
+                try:
+                    self.pump_upstream(conn, mask)
+                except OSError:
+                    if not self.retry_elsewhere(conn):
+                        raise
+        except OSError:
+            self.close_connection(conn)
+            return
+        if conn.closed:
+            return
+        self.propagate_shutdowns(conn)
+        if not conn.closed:
+            self.update_interest(conn)
+
+    def pump_upstream(self, conn: Connection, mask: int) -> None:
+        assert conn.upstream is not None
+        if mask & selectors.EVENT_READ:
+            before = len(conn.to_client)
+            eof = self.pump_in(conn.upstream, conn.to_client)
+            if len(conn.to_client) > before:
+                conn.answered = True
+                conn.replay.clear()
+            if eof and not conn.answered and self.retry_elsewhere(conn):
+                return
+            conn.upstream_eof |= eof
+        if mask & selectors.EVENT_WRITE and conn.upstream is not None:
+            pending = bytes(conn.to_upstream)
+            self.pump_out(conn.upstream, conn.to_upstream)
+            if not conn.answered:
+                conn.replay += pending[: len(pending) - len(conn.to_upstream)]
+
+    def retry_elsewhere(self, conn: Connection) -> bool:
+        """The replica closed or reset before answering: replay to another READY replica.
+
+        Returns False when the request cannot be retried (already answered, too large, or
+        no other replica); the caller then closes the client connection.
+        """
+        if conn.answered or len(conn.replay) > REPLAY_LIMIT or conn.upstream is None:
+            return False
+        self.drop_socket(conn.upstream)
+        conn.upstream = None
+        conn.to_upstream[:0] = conn.replay
+        conn.replay = bytearray()
+        conn.upstream_eof = False
+        conn.upstream_shut = False
+        if not self.connect_upstream(conn):
+            self.close_connection(conn)
+        return True
+
+    def finish_connect(self, conn: Connection) -> None:
+        assert conn.upstream is not None
+        err = conn.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            conn.connecting = False
+            if conn.replica is not None:
+                conn.replica.served += 1
+            return
+        # The replica went away since it was last probed: try another before giving up.
+        self.drop_socket(conn.upstream)
+        conn.upstream = None
+        if not self.connect_upstream(conn):
+            self.close_connection(conn)
+
+    @staticmethod
+    def pump_in(sock: socket.socket, buffer: bytearray) -> bool:
+        """Read what is available into ``buffer``; True at EOF."""
+        while len(buffer) < PROXY_BUFFER_LIMIT:
+            try:
+                chunk = sock.recv(PROXY_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if not chunk:
+                return True
+            buffer += chunk
+        return False
+
+    @staticmethod
+    def pump_out(sock: socket.socket, buffer: bytearray) -> None:
+        while buffer:
+            try:
+                sent = sock.send(buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            del buffer[:sent]
+
+    def propagate_shutdowns(self, conn: Connection) -> None:
+        if conn.connecting:
+            return
+        if conn.client_eof and not conn.to_upstream and not conn.upstream_shut:
+            conn.upstream_shut = True
+            if conn.upstream is not None:
+                with contextlib.suppress(OSError):
+                    conn.upstream.shutdown(socket.SHUT_WR)
+        if conn.upstream_eof and not conn.to_client and not conn.client_shut:
+            conn.client_shut = True
+            with contextlib.suppress(OSError):
+                conn.client.shutdown(socket.SHUT_WR)
+        if conn.client_shut and conn.upstream_shut:
+            self.close_connection(conn)
+
+    def update_interest(self, conn: Connection) -> None:
+        client_events = 0
+        if not conn.client_eof and len(conn.to_upstream) < PROXY_BUFFER_LIMIT:
+            client_events |= selectors.EVENT_READ
+        if conn.to_client:
+            client_events |= selectors.EVENT_WRITE
+        self.set_interest(conn.client, client_events, ("conn", conn))
+        if conn.upstream is None:
+            return
+        upstream_events = 0
+        if conn.connecting:
+            upstream_events = selectors.EVENT_WRITE
+        else:
+            if not conn.upstream_eof and len(conn.to_client) < PROXY_BUFFER_LIMIT:
+                upstream_events |= selectors.EVENT_READ
+            if conn.to_upstream:
+                upstream_events |= selectors.EVENT_WRITE
+        self.set_interest(conn.upstream, upstream_events, ("conn", conn))
+
+    def set_interest(self, sock: socket.socket, events: int, data: Any) -> None:
+        fd = sock.fileno()
+        current = self.interest.get(fd, 0)
+        if events == current:
+            return
+        if current == 0:
+            self.selector.register(sock, events, data)
+        elif events == 0:
+            self.selector.unregister(sock)
+        else:
+            self.selector.modify(sock, events, data)
+        if events:
+            self.interest[fd] = events
+        else:
+            self.interest.pop(fd, None)
+
+    def drop_socket(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if fd >= 0 and self.interest.pop(fd, 0):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(sock)
+        sock.close()
+
+    def close_connection(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        for sock in (conn.client, conn.upstream):
+            if sock is not None:
+                self.drop_socket(sock)
+        conn.runtime.connections.discard(conn)
