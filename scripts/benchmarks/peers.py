@@ -505,6 +505,8 @@ def bench_failover(b: Any, home_class: Any) -> None:
             stack.callback(thread.join)
             time.sleep(seconds / 3)  # a benchmark, not a test: kill it under load
             os.kill(victim, signal.SIGKILL)
+        if b.verbose:
+            print(result.get("raw", ""), file=sys.stderr)
         failed = result.get("errors", 0) + result.get("non2xx", 0)
         b.add(
             section,
