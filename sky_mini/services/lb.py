@@ -25,6 +25,7 @@ import struct
 from typing import Any
 
 from sky_mini.services.desired import LB_HOST
+from sky_mini.services.framing import ResponseTracker
 from sky_mini.services.model import Replica, ServiceRuntime
 
 log = logging.getLogger("sky_mini.services")
@@ -62,6 +63,7 @@ class Connection:
         self.closed = False
         self.replay = bytearray()  # this request's bytes sent upstream, until its answer
         self.answered = False  # the replica answered what it was sent (no request in flight)
+        self.responses = ResponseTracker()  # of the current upstream connection
 
 
 class LoadBalancer:
@@ -193,7 +195,7 @@ class LoadBalancer:
         try:
             self.pump_upstream(conn, mask)
         except OSError:
-            if not self.retry_elsewhere(conn):
+            if not self.retry_elsewhere(conn) and not self.switch_if_idle(conn):
                 raise
 
     def pump_upstream(self, conn: Connection, mask: int) -> None:
@@ -204,7 +206,10 @@ class LoadBalancer:
             if len(conn.to_client) > before:
                 conn.answered = True
                 conn.replay.clear()
+                conn.responses.feed(memoryview(conn.to_client)[before:])
             if eof and not conn.answered and self.retry_elsewhere(conn):
+                return
+            if eof and self.switch_if_idle(conn):
                 return
             conn.upstream_eof |= eof
         if mask & selectors.EVENT_WRITE and conn.upstream is not None:
@@ -227,6 +232,27 @@ class LoadBalancer:
         conn.upstream = None
         conn.to_upstream[:0] = conn.replay
         conn.replay = bytearray()
+        conn.upstream_eof = False
+        conn.upstream_shut = False
+        if not self.connect_upstream(conn):
+            self.close_connection(conn)
+        return True
+
+    def switch_if_idle(self, conn: Connection) -> bool:
+        """The replica closed a keep-alive connection between responses (or died then): keep
+        the client's connection and send its next request to another READY replica, as a
+        proxy with its own upstream connections does. False when that is not certain."""
+        dead = conn.replica
+        if not conn.answered or not conn.responses.idle or dead is None:
+            return False
+        if not [r for r in conn.runtime.ready_replicas() if r.index != dead.index]:
+            return False
+        if conn.upstream is not None:
+            self.drop_socket(conn.upstream)
+        conn.upstream = None
+        conn.tried = {dead.index}
+        conn.replay = bytearray()
+        conn.responses = ResponseTracker()
         conn.upstream_eof = False
         conn.upstream_shut = False
         if not self.connect_upstream(conn):
