@@ -230,6 +230,10 @@ def jobs() -> None:
 @click.option("--cpus", help="CPUs reserved while it runs (default 1).")
 @click.option("--memory", help="Hard memory limit, e.g. 512M.")
 @click.option("--timeout", help="Wall-clock limit, e.g. 30m.")
+@click.option("--infra", help="Where to run: local, slurm or slurm/PARTITION (overrides file).")
+@click.option("--secret", "secrets", multiple=True, metavar="K[=V]", help="Give a secret.")
+@click.option("--after", "after", multiple=True, metavar="ID[,ID]", help="Run after these.")
+@click.option("--dry-run", is_flag=True, help="Check and print the plan; record nothing.")
 @click.option("--async", "detach", is_flag=True, help="Return once recorded; print the ID.")
 @click.option("--json", "as_json", is_flag=True, help="With --async: print a JSON object.")
 @click.option("--retries", type=int, metavar="N", help="Run a failed job again, up to N times.")
@@ -244,6 +248,10 @@ def jobs_launch(
     cpus: str | None,
     memory: str | None,
     timeout: str | None,
+    infra: str | None,
+    secrets: tuple[str, ...],
+    after: tuple[str, ...],
+    dry_run: bool,
     detach: bool,
     as_json: bool,
     retries: int | None,
@@ -264,21 +272,55 @@ def jobs_launch(
       sky-mini jobs launch --async --unique --retries 2 --queue nightly etl.yaml
       sky-mini jobs launch --async --at 03:00 -- ./backup.sh
     """
-    from sky_mini.client_batch import BatchOptions
-    from sky_mini.jobs import build_task, launch
+    from sky_mini.taskplan import build_plan
 
     if as_json and not detach:
         raise UsageError("--json goes with --async (attached jobs stream their output)")
+    after_ids = parse_after(after)
     scheduled_at = None
     if at is not None or in_ is not None:
         from sky_mini.schedule import start_time  # lazily: datetime costs ~3 ms
 
         scheduled_at = start_time(at, in_, time.time())
-    options = BatchOptions(unique=unique, queue=queue, scheduled_at=scheduled_at)
-    task_spec, source = build_task(
-        args, name=name, envs=envs, cpus=cpus, memory=memory, timeout=timeout, retries=retries
+    plan = build_plan(
+        args,
+        name=name,
+        envs=envs,
+        secrets=secrets,
+        cpus=cpus,
+        memory=memory,
+        timeout=timeout,
+        infra=infra,
+        retries=retries,
+        create_home=not dry_run,
     )
-    return launch(task_spec, source, detach=detach, as_json=as_json, options=options)
+    if dry_run:
+        from sky_mini.taskplan import note_ignored, render_plan
+
+        note_ignored(plan)
+        click.echo(render_plan(plan))
+        return 0
+    from sky_mini.client_batch import BatchOptions
+    from sky_mini.jobs import launch
+
+    options = BatchOptions(unique=unique, queue=queue, scheduled_at=scheduled_at)
+    return launch(plan, after=after_ids, detach=detach, as_json=as_json, options=options)
+
+
+def parse_after(values: tuple[str, ...]) -> list[int]:
+    """``--after 3 --after 4,5`` -> [3, 4, 5] (each a valid job ID)."""
+    from sky_mini.client import parse_job_id
+
+    ids: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                job_id = parse_job_id(part.strip())
+            except UsageError as exc:
+                raise UsageError(f"--after {value!r}: {exc.message}") from None
+            if job_id not in ids:
+                ids.append(job_id)
+    return ids
 
 
 @jobs.command("queue", context_settings=CONTEXT)

@@ -43,7 +43,7 @@ def services_up(file: str) -> int:
     """
     from sky_mini import client, spec
     from sky_mini import services as svc
-    from sky_mini.jobs import check_fits_machine
+    from sky_mini.taskplan import check_fits_machine
 
     paths = client.open_home()
     service = spec.load_service(file)

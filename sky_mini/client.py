@@ -309,21 +309,30 @@ def submit_job(
     *,
     env: dict[str, str] | None = None,
     fields: dict[str, Any] | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> JobRecord:
-    """Durably record a PENDING job (``fields``: more record fields, e.g. ``queue``)."""
+    """Durably record a PENDING job (``fields``: more record fields, e.g. ``queue``,
+    ``after``, ``pipeline``). Secret values go to a 0600 side file written before the record
+    (so the server never sees the job without them), and secret names are dropped from the
+    recorded client environment."""
     store = Store(paths)
-    build = record_builder(paths, task, name, env, fields)
+    build = record_builder(paths, task, name, env, fields, secrets)
     return with_store_errors(paths, lambda: store.create_job(build))
 
 
 def submit_unique_job(
-    paths: Paths, task: dict[str, Any], name: str, *, fields: dict[str, Any] | None = None
+    paths: Paths,
+    task: dict[str, Any],
+    name: str,
+    *,
+    fields: dict[str, Any] | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> tuple[JobRecord, bool]:
     """``--unique``: (the unfinished job named ``name``, True), or (a new record, False)."""
     from sky_mini.follow import is_disabled
 
     store = Store(paths)
-    build = record_builder(paths, task, name, None, fields)
+    build = record_builder(paths, task, name, None, fields, secrets)
     locked = not is_disabled("unique_lock")
     return with_store_errors(
         paths, lambda: store.create_unique_job(name, build, check_under_lock=locked)
@@ -336,11 +345,17 @@ def record_builder(
     name: str,
     env: dict[str, str] | None,
     fields: dict[str, Any] | None,
+    secrets: dict[str, str] | None = None,
 ) -> Callable[[int], JobRecord]:
-    job_env = dict(os.environ) if env is None else dict(env)
+    hidden = set(task.get("secrets") or ())
+    job_env = {k: v for k, v in (os.environ if env is None else env).items() if k not in hidden}
     now = time.time()
 
     def build(job_id: int) -> JobRecord:
+        if secrets:
+            from sky_mini.jobsecrets import write_secrets
+
+            write_secrets(paths.job_secrets(job_id), dict(secrets))
         return JobRecord(
             id=job_id,
             task=task,
@@ -369,6 +384,16 @@ def with_store_errors(paths: Paths, create: Callable[[], _T]) -> _T:
                 f"cannot write in {paths.jobs_dir}: {exc.strerror}; nothing was recorded"
             ) from None
         raise
+
+
+def check_jobs_exist(paths: Paths, job_ids: Iterable[int], flag: str) -> None:
+    """Refuse (exit 2) an ID no record exists for, e.g. in ``--after``."""
+    store = Store(paths)
+    for job_id in job_ids:
+        if store.load_job(job_id) is None:
+            raise UsageError(
+                f"{flag} {job_id}: no such job; see 'sky-mini jobs queue --all' for job IDs"
+            )
 
 
 def load_job(paths: Paths, job_id: int) -> JobRecord:

@@ -43,17 +43,24 @@ def check_queue(paths: Paths, queue: str | None) -> None:
 
 
 def submit(
-    paths: Paths, task: dict[str, Any], name: str, options: BatchOptions
+    paths: Paths,
+    task: dict[str, Any],
+    name: str,
+    options: BatchOptions,
+    *,
+    fields: dict[str, Any] | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> tuple[JobRecord, bool]:
     """Record a job; (record, deduplicated). With ``unique``, an unfinished job of the same
-    name is returned instead and nothing is recorded."""
+    name is returned instead and nothing is recorded. ``fields``: more record fields
+    (``after``, ``pipeline``)."""
     from sky_mini.client import submit_job, submit_unique_job
 
     check_queue(paths, options.queue)
-    fields = {"queue": options.queue, "scheduled_at": options.scheduled_at}
+    fields = {**(fields or {}), "queue": options.queue, "scheduled_at": options.scheduled_at}
     if options.unique:
-        return submit_unique_job(paths, task, name, fields=fields)
-    return submit_job(paths, task, name, fields=fields), False
+        return submit_unique_job(paths, task, name, fields=fields, secrets=secrets)
+    return submit_job(paths, task, name, fields=fields, secrets=secrets), False
 
 
 def restart(paths: Paths, job_id: int) -> JobRecord:

@@ -8,8 +8,14 @@ Known keys (anything else is rejected with the file and key named)::
       kill_grace_seconds: 10    # SIGTERM -> SIGKILL grace for cancel and shutdown
     jobs:
       retention_days: 30        # finished jobs older than this are pruned with their logs
+      infra: local              # local | slurm | slurm/<partition>: where jobs run by default
       retry_backoff_seconds: 1  # --retries: wait 1 s, 2 s, 4 s ... between attempts
       retry_backoff_max_seconds: 300   # ... never longer than this
+    slurm:                      # the cluster the standard Slurm tools reach (SLURM_CONF)
+      partition: null
+      account: null
+      qos: null
+      sbatch_args: []           # extra sbatch options, e.g. ['--constraint=ib']
     queues:                     # --queue NAME: at most `parallel` of its jobs run at once
       NAME: {parallel: 1}
     hooks:                      # run by the server when a job ends (SKY_MINI_JOB_* env)
@@ -58,6 +64,8 @@ DISABLE_CHOICES = frozenset(
         "pid1",
         "memguard",
         "capacity",
+        "secretfile",
+        "slurm_lookup",
     }
 )
 
@@ -70,9 +78,11 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "retention_days": None,
         "retry_backoff_seconds": None,
         "retry_backoff_max_seconds": None,
+        "infra": None,
     },
     "queues": _ANY_NAMES,
     "hooks": {"on_failure": None, "on_finish": None, "timeout": None},
+    "slurm": {"partition": None, "account": None, "qos": None, "sbatch_args": None},
     "limits": {"memory": None},
     "resources": {"cpus": None, "memory": None},
     "services": {"controller": {"idle_minutes": None}},
@@ -98,6 +108,11 @@ class Settings:
     hook_on_failure: str | None = None
     hook_on_finish: str | None = None
     hook_timeout_seconds: float = 60.0
+    infra: str = "local"  # config jobs.infra: where jobs run unless the task or --infra says
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_qos: str | None = None
+    slurm_sbatch_args: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -127,6 +142,11 @@ def load_settings(paths: Paths, env: dict[str, str] | None = None) -> Settings:
         hook_on_failure=_command(raw, ("hooks", "on_failure"), where),
         hook_on_finish=_command(raw, ("hooks", "on_finish"), where),
         hook_timeout_seconds=_number(raw, ("hooks", "timeout"), 60.0, where),
+        infra=_infra(raw, where),
+        slurm_partition=_optional_text(raw, ("slurm", "partition"), where),
+        slurm_account=_optional_text(raw, ("slurm", "account"), where),
+        slurm_qos=_optional_text(raw, ("slurm", "qos"), where),
+        slurm_sbatch_args=_text_list(raw, ("slurm", "sbatch_args"), where),
     )
     grace = source.get("SKY_MINI_KILL_GRACE_SECONDS")
     if grace:
@@ -319,3 +339,33 @@ def _command(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> str | No
     if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise UsageError(f"{where}: key '{'.'.join(keys)}' must be a shell command (a string)")
     return value
+
+
+def _infra(raw: dict[str, Any], where: str) -> str:
+    value = _lookup(raw, ("jobs", "infra"))
+    if value is None:
+        return "local"
+    from sky_mini.spec import parse_infra  # lazily: only a config that sets it pays
+
+    return parse_infra(value, where, "jobs.infra")
+
+
+def _optional_text(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> str | None:
+    value = _lookup(raw, keys)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise UsageError(f"{where}: key '{'.'.join(keys)}' must be a word (e.g. debug)")
+    return value
+
+
+def _text_list(raw: dict[str, Any], keys: tuple[str, ...], where: str) -> tuple[str, ...]:
+    value = _lookup(raw, keys)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(
+            f"{where}: key '{'.'.join(keys)}' must be a list of sbatch options, "
+            "e.g. ['--constraint=ib']"
+        )
+    return tuple(value)

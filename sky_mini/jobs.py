@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,139 +13,103 @@ from sky_mini.client_batch import BatchOptions, submit
 from sky_mini.errors import SkyMiniError, UsageError
 from sky_mini.models import JobRecord, JobStatus
 
-YAML_SUFFIXES = (".yaml", ".yml")
-
-
-def build_task(
-    args: Sequence[str],
-    *,
-    name: str | None,
-    envs: Sequence[str],
-    cpus: str | None,
-    memory: str | None,
-    timeout: str | None,
-    retries: int | None = None,
-) -> tuple[Any, str]:
-    """The validated TaskSpec and where it came from (a file path or "command line")."""
-    from sky_mini import spec
-
-    if not args:
-        raise UsageError(
-            "nothing to run: give a task file (sky-mini jobs launch task.yaml) or a command "
-            "after -- (sky-mini jobs launch -- echo hello)"
-        )
-    is_file = len(args) == 1 and args[0].endswith(YAML_SUFFIXES) and "--" not in sys.argv[1:]
-    if is_file:
-        source = args[0]
-        task = spec.load_task(source)
-    else:
-        source = "command line"
-        task = spec.task_from_command(list(args), name=name, cwd=os.getcwd())
-    task = spec.apply_overrides(
-        task,
-        name=name,
-        envs=spec.parse_env_assignments(list(envs)),
-        cpus=cpus,
-        memory=memory,
-        timeout=timeout,
-        retries=retries,
-        source=source,
-    )
-    check_fits_machine(task, source)
-    return task, source
-
-
-def check_fits_machine(task: Any, source: str) -> None:
-    """Reject at submit what this machine can never give (exit 2, nothing recorded)."""
-    from sky_mini import spec
-    from sky_mini.capacity import read_published
-
-    paths = client.open_home()
-    # The running server's detection, when it is what ours would be (sky_mini.capacity).
-    published = read_published(paths.server_dir, paths.config)
-    if published is not None:
-        cpus, memory = published
-    else:
-        cpus, memory = detect_machine(paths)
-    usable = max(memory - SERVER_RESERVE_MEMORY_BYTES, memory // 2)
-    spec.check_fits(task.resources, machine_cpus=cpus, machine_memory_bytes=usable, path=source)
-
-
-SERVER_RESERVE_MEMORY_BYTES = 256 * 1024**2
-"""As sky_mini.resources' (kept here so the submit path need not import that module)."""
-
-
-def detect_machine(paths: Any) -> tuple[float, int]:
-    """(cpus, memory_bytes) this process may use: config, overrides, cgroups, host."""
-    from sky_mini.config import load_settings
-    from sky_mini.resources import detect_resources
-
-    settings = load_settings(paths)
-    detected = detect_resources(
-        config_cpus=settings.cpus,
-        config_memory_bytes=settings.memory_bytes,
-        host_memory=read_meminfo_total,
-    )
-    return detected.cpus, detected.memory_bytes
-
-
-def read_meminfo_total() -> int:
-    """MemTotal without importing psutil (this runs on the cron-facing submit path)."""
-    with open("/proc/meminfo", "rb") as handle:
-        for line in handle:
-            if line.startswith(b"MemTotal:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no MemTotal in /proc/meminfo")
-
 
 def launch(
-    task: Any, source: str, *, detach: bool, as_json: bool, options: BatchOptions | None = None
+    plan: Any,
+    *,
+    after: Sequence[int] = (),
+    detach: bool,
+    as_json: bool,
+    options: BatchOptions | None = None,
 ) -> int:
+    """Record every task of ``plan`` (a pipeline: each after the previous one), wake the
+    server, then print the IDs (``--async``) or stream the jobs in order. With ``--unique``
+    an unfinished job of the same name is reused (nothing recorded for it)."""
+    from sky_mini.taskplan import default_name as task_default_name
+    from sky_mini.taskplan import note_ignored
+
     paths = client.open_home()
-    name = task.name or default_name(task.run)
-    record, deduplicated = submit(paths, task.to_json(), name, options or BatchOptions())
-    if deduplicated:
-        click.echo(
-            f"sky-mini: job {record.id} named {name!r} is still {record.status.value}; "
-            "nothing new was recorded (--unique)",
-            err=True,
+    note_ignored(plan)
+    client.check_jobs_exist(paths, after, "--after")
+    records: list[JobRecord] = []
+    reused: set[int] = set()
+    previous = list(after)
+    for task, infra in zip(plan.tasks, plan.infras, strict=True):
+        task_json, secrets = task.to_json(), task.secrets
+        if secrets and secrets_in_record():
+            task_json["envs"] = {**task_json["envs"], **secrets}  # test-only negative control
+        record, deduplicated = submit(
+            paths,
+            task_json,
+            task.name or task_default_name(task),
+            options or BatchOptions(),
+            fields={"after": previous, "pipeline": plan.pipeline, "infra": infra},
+            secrets=secrets,
         )
-    else:
+        if deduplicated:
+            reused.add(record.id)
+            click.echo(
+                f"sky-mini: job {record.id} named {record.name!r} is still "
+                f"{record.status.value}; nothing new was recorded (--unique)",
+                err=True,
+            )
+        records.append(record)
+        if not plan.parallel:
+            previous = [record.id]
+    if len(reused) < len(records):
         client.ensure_server(paths)
-    if detach or deduplicated:
+    if detach or len(reused) == len(records):  # --unique reused them all: nothing to stream
         if as_json:
             from sky_mini.output import print_json
 
-            print_json(
+            rows = [
                 {
-                    "id": record.id,
-                    "name": record.name,
-                    "status": record.status.value,
-                    "log_path": record.log_path,
-                    "deduplicated": deduplicated,
+                    "id": r.id,
+                    "name": r.name,
+                    "status": r.status.value,
+                    "log_path": r.log_path,
+                    "after": r.after,
+                    "pipeline": r.pipeline,
+                    "deduplicated": r.id in reused,
                 }
-            )
+                for r in records
+            ]
+            print_json(rows[0] if len(rows) == 1 and plan.pipeline is None else rows)
         else:
-            click.echo(record.id)
+            for r in records:
+                click.echo(r.id)
         return 0
+    ids = ", ".join(str(r.id) for r in records)
     click.echo(
-        f"Job {record.id} submitted; streaming its output (Ctrl-C detaches, the job keeps "
-        "running).",
+        f"Job{'s' if len(records) > 1 else ''} {ids} submitted; streaming the output "
+        "(Ctrl-C detaches, the jobs keep running).",
         err=True,
     )
-    try:
-        final = client.follow_job(
-            paths, record.id, sys.stdout.buffer, follow=True, keep_server=True
-        )
-    except KeyboardInterrupt:
-        click.echo(
-            f"\nDetached from job {record.id}; it keeps running. Reattach with: "
-            f"sky-mini jobs logs {record.id}",
-            err=True,
-        )
-        return 130
-    report_end(final)
-    return client.exit_code_of(final)
+    code = 0
+    for record in records:
+        try:
+            final = client.follow_job(
+                paths, record.id, sys.stdout.buffer, follow=True, keep_server=True
+            )
+        except KeyboardInterrupt:
+            click.echo(
+                f"\nDetached from job {record.id}; it keeps running. Reattach with: "
+                f"sky-mini jobs logs {record.id}",
+                err=True,
+            )
+            return 130
+        report_end(final)
+        if code == 0 and final.status is not JobStatus.SUCCEEDED:
+            code = client.exit_code_of(final)
+    return code
+
+
+def secrets_in_record() -> bool:
+    """Test only (``SKY_MINI_DISABLE=secretfile``): put secret values into the record, as
+    a naive implementation would, to prove the secrecy tests can fail."""
+    from sky_mini.follow import is_disabled
+
+    return is_disabled("secretfile")
 
 
 def default_name(run: str) -> str:

@@ -63,6 +63,9 @@ class ReasonCode(enum.StrEnum):
     SETUP_FAILED = "setup_failed"
     CANNOT_START = "cannot_start"
     NEVER_FITS = "never_fits"
+    DEPENDENCY_FAILED = "dependency_failed"
+    NODE_FAILURE = "node_failure"
+    PREEMPTED = "preempted"
 
 
 class FutureSchemaError(ValueError):
@@ -87,7 +90,6 @@ class JobRecord:
     pgid: int | None = None
     peak_memory_bytes: int | None = None
     executor: str | None = None
-    infra: str = "local"  # which backend runs it: "local", later "slurm[/<partition>]"
     instance_id: str | None = None
     cgroup_paths: list[str] = field(default_factory=list)
     memory_mechanism: str | None = None
@@ -98,6 +100,10 @@ class JobRecord:
     retry_at: float | None = None  # a retry waiting for its backoff stays PENDING until then
     queue: str | None = None
     scheduled_at: float | None = None
+    after: list[int] = field(default_factory=list)  # runs once all of these SUCCEEDED
+    pipeline: str | None = None  # the pipeline or job group this job belongs to
+    infra: str = "local"  # local | slurm | slurm/<partition>: which backend runs it
+    slurm_job_id: str | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -128,8 +134,10 @@ class JobRecord:
             "max_retries": self.max_retries(),
             "queue": self.queue,
             "scheduled_at": self.scheduled_at,
-            "after": list(getattr(self, "after", None) or []),
+            "after": list(self.after),
+            "pipeline": self.pipeline,
             "infra": self.infra,
+            "slurm_job_id": self.slurm_job_id,
             "executor": self.executor,
             "memory_mechanism": self.memory_mechanism,
             "resources": self.task.get("resources", {}),
@@ -137,8 +145,7 @@ class JobRecord:
 
     def max_retries(self) -> int:
         """How many more attempts a failed attempt may get (``--retries``)."""
-        resources = self.task.get("resources") or {}
-        value = resources.get("max_restarts_on_errors") or 0
+        value = self.task.get("retries") or 0  # --retries or job_recovery.max_restarts_on_errors
         return value if isinstance(value, int) and value > 0 else 0
 
     def duration(self, now: float | None = None) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sky_mini.models import JobRecord
@@ -44,40 +44,91 @@ def shorten(text: str | None, width: int = REASON_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def group_pipelines(records: Sequence[JobRecord]) -> list[tuple[str | None, JobRecord]]:
+    """Keep the order, but gather each pipeline's jobs under its first one; the first
+    element says which pipeline starts at that row (None: no new header)."""
+    out: list[tuple[str | None, JobRecord]] = []
+    done: set[int] = set()
+    for index, record in enumerate(records):
+        if record.id in done:
+            continue
+        if record.pipeline is None:
+            out.append((None, record))
+            continue
+        members = [
+            r
+            for r in records[index:]
+            if r.pipeline == record.pipeline and r.id not in done and abs(r.id - record.id) <= 1000
+        ]
+        members.sort(key=lambda r: r.id)
+        for position, member in enumerate(members):
+            out.append((record.pipeline if position == 0 else None, member))
+            done.add(member.id)
+    return out
+
+
 def jobs_table(records: Sequence[JobRecord], *, now: float | None = None) -> str:
-    """The ``jobs queue`` table; ATTEMPT, QUEUE and AFTER appear only when a job uses them."""
+    """The ``jobs queue`` table: one row per job, a pipeline's jobs grouped under a
+    ``[name]`` row; ATTEMPT, QUEUE and AFTER appear only when a job uses them."""
     now = time.time() if now is None else now
     if not records:
         return "No jobs. Submit one with: sky-mini jobs launch -- echo hello"
     headers = ["ID", "NAME", "STATUS", "SUBMITTED", "STARTED", "DURATION", "EXIT", "PEAK_MEM"]
-    rows: list[list[Any]] = [
-        [
-            r.id,
-            shorten(r.name, 24),
-            r.status.value,
-            clock_time(r.submitted_at, now),
-            clock_time(r.started_at, now),
-            format_duration(r.duration(now)),
-            r.exit_code,
-            format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
-        ]
-        for r in records
-    ]
-    optional = (
-        ("ATTEMPT", lambda r: f"{r.attempt}/{r.max_retries() + 1}" if r.max_retries() else None),
-        ("QUEUE", lambda r: r.queue),
-        ("AFTER", lambda r: ",".join(map(str, getattr(r, "after", None) or [])) or None),
+    # Optional columns appear only when a job uses them (INFRA: a job not run here).
+    optional: tuple[tuple[str, Callable[[JobRecord], bool], Callable[[JobRecord], Any]], ...] = (
+        ("INFRA", lambda r: r.infra != "local", infra_cell),
+        ("ATTEMPT", lambda r: r.max_retries() > 0, attempt_cell),
+        ("QUEUE", lambda r: r.queue is not None, lambda r: r.queue),
+        ("AFTER", lambda r: bool(r.after), lambda r: ",".join(map(str, r.after)) or None),
     )
-    for header, cell in optional:
-        values = [cell(r) for r in records]
-        if any(v is not None for v in values):
-            headers.append(header)
-            for row, value in zip(rows, values, strict=True):
-                row.append(value)
-    headers.append("REASON")
-    for row, r in zip(rows, records, strict=True):
-        row.append(shorten(r.reason))
+    used = [(h, cell) for h, wanted, cell in optional if any(wanted(r) for r in records)]
+    headers += [h for h, _ in used] + ["REASON"]
+    rows: list[list[Any]] = []
+    for header, r in group_pipelines(records):
+        if header is not None:
+            rows.append(["", shorten(f"[{header}]", 24)] + [""] * (len(headers) - 2))
+        rows.append(
+            [
+                r.id,
+                shorten(("  " if r.pipeline else "") + r.name, 24),
+                r.status.value,
+                clock_time(r.submitted_at, now),
+                clock_time(r.started_at, now),
+                format_duration(r.duration(now)),
+                r.exit_code,
+                format_size(r.peak_memory_bytes) if r.peak_memory_bytes else "-",
+                *(cell(r) for _, cell in used),
+                shorten(r.reason),
+            ]
+        )
     return table(headers, rows)
+
+
+def attempt_cell(record: JobRecord) -> str | None:
+    """``2/3``: the attempt running (or last run) of how many a retried job may get."""
+    retries = record.max_retries()
+    return f"{record.attempt}/{retries + 1}" if retries else None
+
+
+def infra_cell(record: JobRecord) -> str:
+    """``local``, or ``slurm:1234`` (the Slurm job ID once it has one)."""
+    if record.infra == "local":
+        return "local"
+    return f"{record.infra}:{record.slurm_job_id}" if record.slurm_job_id else record.infra
+
+
+def slurm_lines(component: dict[str, Any]) -> list[str]:
+    info = component.get("slurm") or {}
+    if not info.get("reachable"):
+        return [f"slurm       controller unreachable: {info.get('error') or 'not probed yet'}"]
+    nodes = ", ".join(f"{n} {state}" for state, n in sorted((info.get("nodes") or {}).items()))
+    return [
+        f"slurm       controller reachable, {info.get('version')}, partitions "
+        f"{', '.join(info.get('partitions') or []) or '-'}, nodes {nodes or '-'}; "
+        f"{component.get('jobs', 0)} job(s) tracked, polled every "
+        f"{component.get('poll_interval_seconds')}s",
+        f"            {component.get('note')}",
+    ]
 
 
 def status_text(report: dict[str, Any]) -> str:
@@ -124,6 +175,8 @@ def status_text(report: dict[str, Any]) -> str:
                 if c.get("url")
                 else f"http: not listening on {c.get('listen')}: {c.get('error') or c['state']}"
             )
+        if c.get("kind") == "slurm-controller":
+            lines.extend(slurm_lines(c))
         if c.get("autostop_in_seconds") is not None:
             lines.append(
                 f"{c['name']}: no service up, autostop in "

@@ -15,6 +15,7 @@ A leaf module. Layout (who writes what is in docs/ARCHITECTURE.md)::
     hooks.log              output of the config's hooks (on_failure, on_finish)
     intents/               requests from clients (cancel-<id>) the server consumes
     logs/<id>.log          each job's stdout and stderr
+    secrets/<id>.json      a job's secret values (0600), removed when the job ends
     services/              service records and replica logs
 """
 
@@ -131,6 +132,13 @@ class Paths:
     def job_log(self, job_id: int) -> str:
         return os.path.join(self.logs_dir, f"{job_id}.log")
 
+    @property
+    def secrets_dir(self) -> str:
+        return os.path.join(self.home, "secrets")
+
+    def job_secrets(self, job_id: int) -> str:
+        return os.path.join(self.secrets_dir, f"{job_id}.json")
+
     def all_dirs(self) -> tuple[str, ...]:
         return (
             self.home,
@@ -139,6 +147,7 @@ class Paths:
             self.intents_dir,
             self.logs_dir,
             self.services_dir,
+            self.secrets_dir,
         )
 
 

@@ -347,23 +347,11 @@ def sweep_marked(prefixes: Iterable[str]) -> list[int]:
 
 def reap_any() -> list[tuple[int, int]]:
     """Reap every exited child without blocking: [(pid, raw wait status)]."""
-    reaped: list[tuple[int, int]] = []
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return reaped
-        except OSError as exc:
-            if exc.errno == errno.EINTR:
-                continue
-            return reaped
-        if pid == 0:
-            return reaped
-        reaped.append((pid, status))
+    return [(pid, status) for pid, status, _ in reap_any_with_rusage()]
 
 
 def reap_any_with_rusage() -> list[tuple[int, int, int]]:
-    """Like :func:`reap_any`, with each child's peak RSS in bytes (``wait4`` ``ru_maxrss``).
+    """Reap every exited child without blocking: [(pid, raw wait status, peak RSS bytes)].
 
     ``ru_maxrss`` is the kernel's high-water mark of the reaped process (and of the children
     it reaped itself): the honest peak, where sampling only sees what it happened to catch.

@@ -298,7 +298,9 @@ class Store:
         atomic_write_json(self.paths.job_record(record.id), record.to_json(), durable=durable)
 
     def delete_job(self, job_id: int) -> None:
-        for path in (self.paths.job_record(job_id), self.paths.job_log(job_id)):
+        log = self.paths.job_log(job_id)
+        # The Slurm batch wrapper's records live next to the log.
+        for path in (self.paths.job_record(job_id), log, f"{log}.exit.json", f"{log}.started.json"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

@@ -32,19 +32,24 @@ def build_report(snapshot: dict[str, Any], now: float) -> dict[str, Any]:
     }
     for row in [server_row, *snapshot.get("components", [])]:
         row = dict(row)
-        alive = is_same_process(row.get("pid"), row.get("create_time"))
         row["rss_bytes"] = None
-        if alive:
+        if "healthy" in row:  # not a process of ours (a cluster's controller): its own word
+            alive = bool(row["healthy"])
+        elif is_same_process(row.get("pid"), row.get("create_time")):
+            alive = True
             try:
                 row["rss_bytes"] = psutil.Process(int(row["pid"])).memory_info().rss
             except psutil.Error:
                 alive = False
+        else:
+            alive = False
         if row.get("started_at") and alive:
             row["uptime_seconds"] = now - float(row["started_at"])
         else:
             row["uptime_seconds"] = None
         if not alive and row.get("should_run"):
-            row["state"] = "dead" if row.get("state") not in ("dead", "backoff") else row["state"]
+            if row.get("state") not in ("dead", "backoff", "unreachable"):
+                row["state"] = "dead"
             degraded.append(row["name"])
         if row.get("autostop_at") is not None:
             row["autostop_in_seconds"] = max(0.0, float(row["autostop_at"]) - now)

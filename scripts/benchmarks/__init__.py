@@ -35,6 +35,7 @@ from scripts.benchmarks import (
     latency,
     launch,
     peers,
+    slurm,
     start,
     watchdog,
 )
@@ -55,6 +56,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "watchdog": watchdog.run,
     "lb": lambda b: peers.bench_lb(b, Home),
     "failover": lambda b: peers.bench_failover(b, Home),
+    "slurm": slurm.bench_slurm,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from scripts.benchmarks.harness import (
@@ -34,6 +35,10 @@ def bench_launch_latency(b: Bench) -> None:
             "sky-mini jobs launch --async -- true, 0 jobs in history": empty,
             f"sky-mini jobs launch --async -- true, {HISTORY_JOBS:,} jobs in history": full,
         }
+        task_file = os.path.join(empty.dir, "task.yaml")
+        with open(task_file, "w", encoding="utf-8") as handle:
+            handle.write("name: cron\nresources: {cpus: 1, memory: 64M}\nrun: 'true'\n")
+        yaml_label = "sky-mini jobs launch --async task.yaml (one task), 0 jobs in history"
         for home in homes.values():
             home.start()
             for _ in range(3):  # warm-up: page cache, bytecode
@@ -45,6 +50,9 @@ def bench_launch_latency(b: Bench) -> None:
                 samples.setdefault(label, []).append(run_timed(argv, env))
             for label, home in homes.items():
                 samples.setdefault(label, []).append(home.timed(*launch))
+            samples.setdefault(yaml_label, []).append(
+                empty.timed("jobs", "launch", "--async", task_file)
+            )
     for label, values in samples.items():
         median, p90 = summarize(values)
         b.add(section, f"{label}: median / p90", f"{median:.1f} / {p90:.1f}", "ms")

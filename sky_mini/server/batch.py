@@ -124,6 +124,7 @@ def requeue_for_retry(record: JobRecord, now: float, *, base: float, cap: float)
     record.pgid = None
     record.peak_memory_bytes = None
     record.executor = None
+    record.slurm_job_id = None  # a cluster job is submitted afresh
     record.cgroup_paths = []
     record.retry_at = now + delay
     return delay

@@ -37,7 +37,9 @@ from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server import batch, publish, restart, shutdown, startup
 from sky_mini.server.admission import Capacity, job_needs
+from sky_mini.server.backends import RemoteBackends
 from sky_mini.server.backends.base import Backend, BackendEvent
+from sky_mini.server.gpus import GpuPool, skypilot_env
 from sky_mini.server.hooks import HookRunner
 from sky_mini.server.startup import AlreadyRunning, configure_logging
 from sky_mini.state import Store
@@ -103,6 +105,8 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.backend: Backend | None = None
         self.capacity = Capacity(cpus=1.0, memory_bytes=1)
+        self.gpu_pool = GpuPool([])
+        self.gpu_assignments: dict[int, list[int]] = {}
         self.details: dict[str, Any] = {}
         # Set by configure_host (startup): the cgroup capabilities (None when off), how job
         # memory is limited, and the pool sizing (sky_mini.resources).
@@ -111,6 +115,7 @@ class Server:
         self.pool: Any = None
         self.services: Any = None  # sky_mini.services.supervisor.ServicesSupervisor
         self.http: Any = None  # sky_mini.server.http_component.HttpSupervisor (--http)
+        self.remote = RemoteBackends(paths.home, self.key, settings)  # Slurm, on first use
         self.hooks = HookRunner(
             on_failure=settings.hook_on_failure,
             on_finish=settings.hook_on_finish,
@@ -236,7 +241,17 @@ class Server:
             self.status_dirty = True
 
     def backend_components(self) -> list[dict[str, Any]]:
-        return self.backend.components() if self.backend is not None else []
+        local = self.backend.components() if self.backend is not None else []
+        return local + self.remote.components()
+
+    def adopt_remote(self, record: JobRecord) -> None:
+        """Re-attach to a job on a cluster; one that never reached it is PENDING again."""
+        record.instance_id = self.instance_id
+        self.jobs[record.id] = record
+        if not self.remote.for_infra(record.infra).adopt(record):
+            record.status, record.executor, record.slurm_job_id = JobStatus.PENDING, None, None
+        self.save_job(record)
+        log.info("job %d on %s re-attached (%s)", record.id, record.infra, record.status.value)
 
     # -- restart (sky_mini.server.restart) ----------------------------------------------
 
@@ -369,7 +384,7 @@ class Server:
     def handle_backend_events(self, now: float) -> None:
         if self.backend is None:
             return
-        events = self.backend.poll()
+        events = [*self.backend.poll(), *self.remote.poll()]
         # A job that started and finished within one poll gets one (durable) write, not two.
         finished = {e.job_id for e in events if e.kind == "finished"}
         for event in events:
@@ -380,7 +395,12 @@ class Server:
         if record is None:
             return
         data = event.data
-        if event.kind == "started":
+        if data.get("slurm_job_id"):
+            record.slurm_job_id = str(data["slurm_job_id"])
+        if event.kind in ("pending", "submitted"):  # a cluster's queue: still PENDING here
+            record.reason = data.get("reason", record.reason)
+            self.save_job(record, durable=event.kind == "submitted")
+        elif event.kind == "started":
             record.status = JobStatus.RUNNING if data.get("phase") == "run" else JobStatus.STARTING
             record.started_at = record.started_at or now
             record.pid = data.get("pid")
@@ -411,6 +431,7 @@ class Server:
                 f": {record.reason}" if record.reason else "",
             )
             self.capacity.release(record.id)
+            self.release_job_extras(record.id, final=False)
             if not self.end_attempt(record, now):
                 del self.jobs[record.id]
             self.active_dirty = True
@@ -431,6 +452,7 @@ class Server:
             log.info("job %d: %s, in %gs", record.id, record.reason, delay)
             return True
         self.save_job(record)
+        self.release_job_extras(record.id)
         self.hooks.job_ended(record, now)
         return False
 
@@ -459,7 +481,12 @@ class Server:
             record = self.jobs.get(job_id)
             if record is None:
                 continue
-            if record.status is JobStatus.PENDING:
+            if record.infra != "local" and record.executor is not None:
+                log.info("cancelling job %d on %s", job_id, record.infra)
+                self.remote.for_infra(record.infra).stop(
+                    job_id, "cancel", self.settings.kill_grace_seconds
+                )
+            elif record.status is JobStatus.PENDING:
                 record.finish(
                     JobStatus.CANCELLED,
                     now=now,
@@ -468,6 +495,7 @@ class Server:
                     exit_code=None,
                 )
                 self.save_job(record)
+                self.release_job_extras(job_id)
                 del self.jobs[job_id]
                 self.active_dirty = True
                 self.status_dirty = True
@@ -502,9 +530,14 @@ class Server:
             record = self.jobs[job_id]
             if record.status is not JobStatus.PENDING:
                 continue
+            if record.after and not self.dependencies_allow(record, now):
+                continue
             held = batch.hold_reason(record, now, gate)
             if held is not None:
                 self.note_waiting(record, held, now)
+                continue
+            if record.infra != "local":
+                self.launch_remote(record)
                 continue
             cpus, memory = job_needs(record, self.capacity.cpus)
             if not self.capacity.fits_ever(cpus, memory):
@@ -515,6 +548,8 @@ class Server:
                 continue
             if not self.capacity.fits_now(cpus, memory):
                 self.note_waiting(record, self.capacity.waiting_reason(cpus, memory), now)
+                continue
+            if not self.reserve_gpus(record):
                 continue
             self.capacity.reserve(job_id, cpus, memory)
             self.unsaved_waits.discard(job_id)
@@ -527,9 +562,92 @@ class Server:
             self.save_job(record, durable=False)
             self.status_dirty = True
 
+    def launch_remote(self, record: JobRecord) -> None:
+        """Hand a job to its cluster once; its queue decides when it starts."""
+        if record.executor is not None:
+            return
+        backend = self.remote.for_infra(record.infra)
+        waiting = "waiting for the Slurm controller (sbatch cannot reach it); see api status"
+        if backend.free_slots() <= 0:
+            self.note_waiting(record, waiting)
+            return
+        secrets: dict[str, str] = {}
+        if record.task.get("secrets"):
+            from sky_mini.jobsecrets import read_secrets
+
+            secrets = read_secrets(self.paths.job_secrets(record.id))
+        where = backend.launch(record, {"secrets": secrets})
+        if not where:
+            self.note_waiting(record, waiting)
+            return
+        record.executor = where
+        record.reason = "submitted to Slurm"
+        self.save_job(record, durable=False)
+        self.status_dirty = True
+
+    def dependencies_allow(self, record: JobRecord, now: float) -> bool:
+        """``after`` gating: True to go on; else the job waits (reason noted) or was
+        cancelled with ``dependency_failed``."""
+        from sky_mini.server.deps import dependency_gate
+
+        def lookup(job_id: int) -> JobRecord | None:
+            return self.jobs.get(job_id) or self.store.load_job(job_id)
+
+        gate = dependency_gate(record, lookup)
+        if gate.action == "wait":
+            self.note_waiting(record, gate.reason or "waiting")
+            return False
+        if gate.action == "cancel":
+            record.finish(
+                JobStatus.CANCELLED,
+                now=now,
+                reason=gate.reason,
+                reason_code=ReasonCode.DEPENDENCY_FAILED.value,
+                exit_code=None,
+            )
+            self.save_job(record)
+            self.release_job_extras(record.id)
+            del self.jobs[record.id]
+            self.active_dirty = True
+            self.status_dirty = True
+            log.info("job %d CANCELLED: %s", record.id, gate.reason)
+            self.hooks.job_ended(record, now)
+            return False
+        return True
+
+    def reserve_gpus(self, record: JobRecord) -> bool:
+        """Take the job's GPUs from the pool (True), or note what it waits for (False)."""
+        resources = record.task.get("resources") or {}
+        count = float(resources.get("gpus") or 0.0)
+        if count <= 0:
+            return True
+        wanted = resources.get("accelerator")
+        indices = self.gpu_pool.pick(wanted, count)
+        if indices is None:
+            self.note_waiting(record, self.gpu_pool.waiting_reason(wanted, count))
+            return False
+        self.gpu_pool.reserve(record.id, indices, count)
+        self.gpu_assignments[record.id] = indices
+        return True
+
+    def release_job_extras(self, job_id: int, *, final: bool = True) -> None:
+        """What a job holds besides CPU/memory: its GPUs (after every attempt) and its
+        secrets file (once the job is over: a retry needs it again)."""
+        self.gpu_pool.release(job_id)
+        self.gpu_assignments.pop(job_id, None)
+        if final:
+            from sky_mini.jobsecrets import discard_secrets
+
+            discard_secrets(self.paths.job_secrets(job_id))
+
     def job_payload(self, record: JobRecord) -> dict[str, Any]:
         env = dict(record.env or os.environ)
         env.update(record.task.get("envs") or {})
+        if record.task.get("secrets"):
+            from sky_mini.jobsecrets import read_secrets
+
+            env.update(read_secrets(self.paths.job_secrets(record.id)))
+        env.update(skypilot_env(record, self.gpu_assignments.get(record.id), self.gpu_pool))
         env["SKY_MINI_JOB_ID"] = str(record.id)
         return {
             "id": record.id,
@@ -539,8 +657,8 @@ class Server:
             "env": env,
         }
 
-    def note_waiting(self, record: JobRecord, reason: str, now: float) -> None:
-        publish.note_waiting(self, record, reason, now)
+    def note_waiting(self, record: JobRecord, reason: str, now: float | None = None) -> None:
+        publish.note_waiting(self, record, reason, self.clock() if now is None else now)
 
     def fail_never_fits(self, record: JobRecord, cpus: float, memory: int, now: float) -> None:
         reason = (
@@ -556,6 +674,7 @@ class Server:
             exit_code=None,
         )
         self.save_job(record)
+        self.release_job_extras(record.id)
         del self.jobs[record.id]
         self.active_dirty = True
         log.warning("job %d can never run here: %s", record.id, reason)

@@ -41,6 +41,9 @@ def reconcile_previous_instance(server: Server) -> None:
         record = server.store.load_job(job_id)
         if record is None or record.status.is_terminal:
             continue
+        if record.infra != "local":
+            server.adopt_remote(record)  # work handed to Slurm outlives any server
+            continue
         if record.status is JobStatus.PENDING:
             server.adopt_job(job_id)
         elif record.status.is_active:

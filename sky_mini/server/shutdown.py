@@ -23,7 +23,7 @@ def initiate_shutdown(server: Server, why: str) -> None:
     server.stop_requested = why
     server.stopping_since = server.clock()
     grace = server.settings.kill_grace_seconds
-    running = [j for j, r in server.jobs.items() if r.status.is_active]
+    running = [j for j, r in server.jobs.items() if r.status.is_active and r.infra == "local"]
     if running:
         log.info("stopping %d running job(s): SIGTERM now, SIGKILL after %gs", len(running), grace)
     if server.services is not None:
@@ -61,7 +61,7 @@ def cleanup(server: Server) -> None:
     """Record what is left and release everything (the lock last)."""
     now = server.clock()
     for record in list(server.jobs.values()):
-        if record.status.is_active:
+        if record.status.is_active and record.infra == "local":  # Slurm's jobs run on
             record.finish(
                 JobStatus.KILLED,
                 now=now,
@@ -70,6 +70,7 @@ def cleanup(server: Server) -> None:
                 exit_code=None,
             )
             server.save_job(record)
+            server.release_job_extras(record.id)
             del server.jobs[record.id]
             server.active_dirty = True
     with contextlib.suppress(OSError):

@@ -87,6 +87,9 @@ def configure_host(server: Server) -> None:
     publish_capacity(
         server.paths.server_dir, server.paths.config, detected.cpus, detected.memory_bytes
     )
+    from sky_mini.server.gpus import detect_gpu_pool
+
+    server.gpu_pool = detect_gpu_pool()
     caps = detect_capabilities(disabled="cgroup" in settings.disabled)
     for warning in caps.warnings:
         log.warning("%s", warning)
@@ -122,6 +125,7 @@ def configure_host(server: Server) -> None:
         "subreaper": subreaper,
         "pid1": server.pid1,
         "backend": "local",
+        "gpus": list(server.gpu_pool.devices),
     }
     server.pool = pool
 

@@ -47,7 +47,7 @@ import os, sys, time
 from sky_mini.server import tied
 {watch}
 disabled = frozenset(os.environ.get("TIED_DISABLE", "").split(",")) - {{""}}
-children = [tied.start_tied("sky-mini: test {{}}".format(name), disabled, main)
+children = [tied.start_tied("test {{}}".format(name), disabled, main)
             for name, main in {mains}]
 print(" ".join(str(c.pid) for c in children), flush=True)
 time.sleep(1000)
@@ -105,7 +105,7 @@ def start(
 ) -> tied.TiedChild:
 
     child = tied.start_tied(
-        "sky-mini: test child", frozenset(filter(None, disabled.split(","))), main or block
+        "test child", frozenset(filter(None, disabled.split(","))), main or block
     )
     started.append(child)
     return child
@@ -170,7 +170,7 @@ def test_tied_children_are_started_from_the_main_thread_only() -> None:
 
     def from_thread() -> None:
         try:
-            tied.start_tied("sky-mini: test", frozenset(), lambda c, e: 0)
+            tied.start_tied("test", frozenset(), lambda c, e: 0)
         except RuntimeError as exc:
             errors.append(exc)
 
@@ -207,7 +207,7 @@ def test_a_tied_child_exits_if_its_server_died_before_prctl() -> None:
     # The race: the parent dies between fork and prctl. The child compares getppid() with
     # the PID recorded before the fork; here it is told a PID that is not its parent.
     not_the_parent = os.getpid() + 1_000_000
-    args = ("sky-mini: test", not_the_parent, frozenset(), 0, 1, block, frozenset())
+    args = ("test", not_the_parent, frozenset(), 0, 1, block, frozenset())
     process = tied._FORK.Process(target=tied.run_tied_child, args=args)
     process.start()
     process.join(10)

@@ -11,58 +11,19 @@ from typing import Any
 import pytest
 
 from sky_mini.config import load_settings
-from sky_mini.errors import UsageError
+from sky_mini.errors import SpecError, UsageError
 from sky_mini.models import JobRecord, JobStatus
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.schedule import describe_wait, parse_at, parse_in, start_time
 from sky_mini.server import batch
 from sky_mini.server.backends.base import BackendEvent
 from sky_mini.server.main import Capacity, Server
-from sky_mini.spec import SpecError, apply_overrides, load_task, task_from_command
+from sky_mini.spec import apply_overrides, load_task, task_from_command
 from sky_mini.state import Store, atomic_write_json
 from tests.helpers import FakeClock
+from tests.unit.test_server_tick import FakeBackend
 
 GiB = 1024**3
-
-
-class FakeBackend:
-    name = "fake"
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.running: dict[int, str] = {}
-
-    def start(self) -> None: ...
-
-    def filenos(self) -> list[int]:
-        return []
-
-    def free_slots(self) -> int:
-        return self.slots - len(self.running)
-
-    def launch(self, job: JobRecord, payload: dict[str, Any]) -> str:
-        assert self.free_slots() > 0
-        self.running[job.id] = f"fake-{job.id}"
-        return self.running[job.id]
-
-    def stop(self, job_id: int, reason: str, grace: float) -> None: ...
-
-    def poll(self) -> list[BackendEvent]:
-        return []
-
-    def child_exited(self, pid: int, status: int) -> list[BackendEvent]:
-        return []
-
-    def maintain(self) -> list[str]:
-        return []
-
-    def components(self) -> list[dict[str, Any]]:
-        return []
-
-    def shutdown(self, grace: float) -> None: ...
-
-    def is_stopped(self) -> bool:
-        return True
 
 
 def make_server(tmp: Any, clock: FakeClock, *, slots: int = 4, config: str = "") -> Server:
@@ -80,12 +41,13 @@ def make_server(tmp: Any, clock: FakeClock, *, slots: int = 4, config: str = "")
 
 def submit(server: Server, *, retries: int = 0, **fields: Any) -> JobRecord:
     resources: dict[str, Any] = {"cpus": 1.0, "memory_bytes": None, "timeout_seconds": None}
+    task: dict[str, Any] = {"run": "true", "resources": resources}
     if retries:
-        resources["max_restarts_on_errors"] = retries
+        task["retries"] = retries
     record = Store(server.paths).create_job(
         lambda i: JobRecord(
             id=i,
-            task={"run": "true", "resources": resources},
+            task=task,
             name=f"j{i}",
             log_path=server.paths.job_log(i),
             submitted_at=server.clock(),
@@ -288,10 +250,10 @@ def test_job_recovery_and_retries_flag(tmp_path: Any) -> None:
     with open(path, "w") as handle:
         handle.write("run: 'true'\nresources: {job_recovery: {max_restarts_on_errors: 2}}\n")
     task = load_task(path)
-    assert task.resources.max_restarts_on_errors == 2
-    assert apply_overrides(task, retries=5).resources.max_restarts_on_errors == 5
+    assert task.retries == 2 and task.to_json()["retries"] == 2
+    assert apply_overrides(task, retries=5).retries == 5
     plain = task_from_command(["true"], name=None, cwd=str(tmp_path))
-    assert "max_restarts_on_errors" not in plain.to_json()["resources"]  # old shape kept
+    assert "retries" not in plain.to_json()  # old shape kept
     with open(path, "w") as handle:
         handle.write("run: 'true'\nresources: {job_recovery: {max_restarts_on_errors: -1}}\n")
     with pytest.raises(SpecError, match="job_recovery.max_restarts_on_errors"):

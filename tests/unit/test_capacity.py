@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sky_mini import capacity, jobs, resources
+from sky_mini import capacity, resources, taskplan
 from tests.helpers import wait_for
 
 
@@ -94,7 +94,7 @@ def test_the_disable_switch_ignores_the_file(
 
 
 def test_the_submit_path_reserves_what_the_server_reserves() -> None:
-    assert jobs.SERVER_RESERVE_MEMORY_BYTES == resources.SERVER_RESERVE_MEMORY_BYTES
+    assert taskplan.SERVER_RESERVE_MEMORY_BYTES == resources.SERVER_RESERVE_MEMORY_BYTES
 
 
 def test_a_zombie_server_counts_as_gone(home: tuple[str, str]) -> None:

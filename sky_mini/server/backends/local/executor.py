@@ -241,6 +241,15 @@ class Executor:
             except OSError as exc:
                 os.write(2, f"sky-mini: cannot enter workdir {workdir}: {exc}\n".encode())
                 os._exit(127)
+            first_phase = "setup" if job.task.get("setup") else "run"
+            if job.task.get("file_mounts") and job.phase == first_phase:
+                from sky_mini.mounts import link_file_mounts
+
+                try:
+                    link_file_mounts(job.task["file_mounts"])
+                except OSError as exc:
+                    os.write(2, f"sky-mini: cannot make file_mounts: {exc}\n".encode())
+                    os._exit(126)
             os.execve(SHELL, [SHELL, "-c", command], job.env)
         except BaseException as exc:  # noqa: BLE001 - the child must never return into Python
             with contextlib.suppress(BaseException):
@@ -319,7 +328,12 @@ class Executor:
         if job is None or job.status is None:
             return
         returncode = procs.returncode_from_status(job.status)
-        if job.phase == "setup" and returncode == 0 and job.stop_reason is None:
+        if (
+            job.phase == "setup"
+            and returncode == 0
+            and job.stop_reason is None
+            and job.task.get("run") is not None  # a setup-only task ends here
+        ):
             job.phase = "run"
             self.spawn_phase(job)
             return
