@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sky_mini.errors import UsageError
 from sky_mini.models import JobRecord
@@ -19,9 +18,9 @@ from sky_mini.paths import Paths
 from sky_mini.state import Store, atomic_write_json, flocked, read_json
 
 
-@dataclass(frozen=True)
-class BatchOptions:
-    """What ``jobs launch`` records besides the task (all optional)."""
+class BatchOptions(NamedTuple):
+    """What ``jobs launch`` records besides the task (all optional). A NamedTuple, not a
+    dataclass: cheaper to define on the cron path."""
 
     unique: bool = False
     queue: str | None = None
@@ -72,11 +71,19 @@ def restart(paths: Paths, job_id: int) -> JobRecord:
     return submit_job(paths, old.task, old.name, env=old.env, fields={"queue": old.queue})
 
 
-@dataclass
 class CleanResult:
-    removed: list[int]
-    freed_bytes: int
-    kept_unfinished: int
+    """What ``jobs clean`` did (a plain class: this module is on the cron path)."""
+
+    def __init__(self, removed: list[int], freed_bytes: int, kept_unfinished: int) -> None:
+        self.removed = removed
+        self.freed_bytes = freed_bytes
+        self.kept_unfinished = kept_unfinished
+
+    def __repr__(self) -> str:
+        return (
+            f"CleanResult(removed={self.removed!r}, freed_bytes={self.freed_bytes!r}, "
+            f"kept_unfinished={self.kept_unfinished!r})"
+        )
 
 
 def clean(paths: Paths, older_than: float | None, now: float) -> CleanResult:

@@ -63,6 +63,7 @@ DISABLE_CHOICES = frozenset(
         "hook_detach",
         "pid1",
         "memguard",
+        "capacity",
         "secretfile",
         "slurm_lookup",
     }

@@ -8,7 +8,7 @@ version this code has ever written and refuses newer ones.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -110,7 +110,9 @@ class JobRecord:
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # A shallow copy, not dataclasses.asdict: asdict deep-copies the task and the
+        # environment, a third of the server's time per record write in a drain.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["status"] = self.status.value
         return data
 

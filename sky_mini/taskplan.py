@@ -185,17 +185,13 @@ def task_wants_gpus(tasks: Sequence[Any]) -> bool:
 def local_machine(plan: Plan, want_gpus: bool, create_home: bool) -> Any:
     """What this machine can ever give a job (as the server will compute it)."""
     from sky_mini import client, spec
-    from sky_mini.config import load_settings
-    from sky_mini.resources import SERVER_RESERVE_MEMORY_BYTES, detect_resources
+    from sky_mini.capacity import read_published
 
     paths = client.open_home(create=create_home)
-    settings = load_settings(paths)
-    detected = detect_resources(
-        config_cpus=settings.cpus,
-        config_memory_bytes=settings.memory_bytes,
-        host_memory=read_meminfo_total,
-    )
-    usable = max(detected.memory_bytes - SERVER_RESERVE_MEMORY_BYTES, detected.memory_bytes // 2)
+    # The running server's detection, when it is what ours would be (sky_mini.capacity).
+    published = read_published(paths.server_dir, paths.config)
+    cpus, memory = published if published is not None else detect_machine(paths)
+    usable = max(memory - SERVER_RESERVE_MEMORY_BYTES, memory // 2)
     gpus: list[str] = []
     if want_gpus:
         from sky_mini.gpus import GpuOverrideError, detect_gpus
@@ -205,7 +201,25 @@ def local_machine(plan: Plan, want_gpus: bool, create_home: bool) -> Any:
         except GpuOverrideError as exc:
             raise UsageError(str(exc)) from None
         plan.gpus = gpus
-    return spec.Machine(cpus=detected.cpus, memory_bytes=usable, gpus=tuple(gpus))
+    return spec.Machine(cpus=cpus, memory_bytes=usable, gpus=tuple(gpus))
+
+
+SERVER_RESERVE_MEMORY_BYTES = 256 * 1024**2
+"""As sky_mini.resources' (kept here so the submit path need not import that module)."""
+
+
+def detect_machine(paths: Any) -> tuple[float, int]:
+    """(cpus, memory_bytes) this process may use: overrides, config, cgroups, host."""
+    from sky_mini.config import load_settings
+    from sky_mini.resources import detect_resources
+
+    settings = load_settings(paths)
+    detected = detect_resources(
+        config_cpus=settings.cpus,
+        config_memory_bytes=settings.memory_bytes,
+        host_memory=read_meminfo_total,
+    )
+    return detected.cpus, detected.memory_bytes
 
 
 def read_meminfo_total() -> int:

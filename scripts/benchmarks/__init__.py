@@ -34,14 +34,17 @@ from scripts.benchmarks import (
     kill9,
     latency,
     launch,
+    peers,
     slurm,
     start,
     watchdog,
 )
-from scripts.benchmarks.harness import Bench, Home, machine, render
+from scripts.benchmarks.harness import SKY, Bench, Home, base_env, machine, render
 
 SECTIONS: dict[str, Callable[[Bench], None]] = {
     "launch": launch.bench_launch_latency,
+    "cron": lambda b: peers.bench_cron(b, Home, SKY, base_env),
+    "burst": lambda b: peers.bench_burst(b, Home, SKY, base_env),
     "concurrent": concurrent.bench_concurrent,
     "drain": drain.bench_drain,
     "latency": latency.bench_start_latency,
@@ -51,6 +54,8 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "followers": followers.bench_followers,
     "http": lambda b: http.run(b, Home, footprint.footprint),
     "watchdog": watchdog.run,
+    "lb": lambda b: peers.bench_lb(b, Home),
+    "failover": lambda b: peers.bench_failover(b, Home),
     "slurm": slurm.bench_slurm,
 }
 

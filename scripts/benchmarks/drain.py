@@ -6,6 +6,7 @@ import os
 import subprocess
 import time
 
+from scripts.benchmarks import peers
 from scripts.benchmarks.harness import (
     SHELL,
     Bench,
@@ -81,3 +82,4 @@ def bench_drain(b: Bench) -> None:
     b.add(section, "per job per executor (wall x executors / jobs)", per_job * 1000, "ms")
     b.add(section, f"plain fork+exec loop ({os.path.basename(SHELL)} -c true)", plain * 1000, "ms")
     b.add(section, "sky-mini overhead per job", (per_job - plain) * 1000, "ms")
+    peers.drain_rows(b, section, wall, plain, count, executors)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from scripts.benchmarks import peers
 from scripts.benchmarks.harness import (
     Bench,
     Home,
@@ -49,3 +50,4 @@ def bench_start_latency(b: Bench) -> None:
         "ms",
         "the server's part: wake-up, dispatch, fork, exec",
     )
+    peers.latency_rows(b, section, from_record, b.reps)

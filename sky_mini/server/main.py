@@ -91,6 +91,8 @@ class Server:
         self.idle_since: float | None = clock()
         self.status_dirty = True
         self.last_status_write = 0.0
+        self.last_active_write = 0.0
+        self.unsaved_waits: set[int] = set()  # waiting reasons not yet worth a write
         self.active_dirty = True
         self.last_prune = 0.0
         self.scan_cursor = 1  # next finished record to check once after start (see scan_history)
@@ -323,6 +325,10 @@ class Server:
     def next_timeout(self) -> float:
         if self.stop_requested is not None:
             return 0.1
+        if self.status_dirty or self.active_dirty:  # a held-back write is due soon
+            last = min(self.last_status_write, self.last_active_write)
+            due = last + publish.STATUS_MIN_INTERVAL_SECONDS - self.clock()
+            return min(TICK_SECONDS, max(0.0, due))
         return TICK_SECONDS
 
     def wait_for_events(self, timeout: float) -> None:
@@ -379,10 +385,13 @@ class Server:
     def handle_backend_events(self, now: float) -> None:
         if self.backend is None:
             return
-        for event in [*self.backend.poll(), *self.remote.poll()]:
-            self.apply_event(event, now)
+        events = [*self.backend.poll(), *self.remote.poll()]
+        # A job that started and finished within one poll gets one (durable) write, not two.
+        finished = {e.job_id for e in events if e.kind == "finished"}
+        for event in events:
+            self.apply_event(event, now, save=event.job_id not in finished)
 
-    def apply_event(self, event: BackendEvent, now: float) -> None:
+    def apply_event(self, event: BackendEvent, now: float, *, save: bool = True) -> None:
         record = self.jobs.get(event.job_id)
         if record is None:
             return
@@ -402,7 +411,8 @@ class Server:
             record.memory_mechanism = data.get("memory_mechanism")
             record.executor = data.get("executor")
             record.reason = None
-            self.save_job(record, durable=False)
+            if save:
+                self.save_job(record, durable=False)
         elif event.kind == "finished":
             data = groups.relabel_stopped(record, data)
             status = JobStatus(data.get("status", JobStatus.FAILED.value))
@@ -526,7 +536,7 @@ class Server:
                 continue
             held = batch.hold_reason(record, now, gate)
             if held is not None:
-                self.note_waiting(record, held)
+                self.note_waiting(record, held, now)
                 continue
             if record.group and groups.dispatch_group(self, record, now, gate):
                 continue
@@ -538,10 +548,10 @@ class Server:
                 self.fail_never_fits(record, cpus, memory, now)
                 continue
             if self.backend.free_slots() <= 0:
-                self.note_waiting(record, "waiting for a free executor: all are busy")
+                self.note_waiting(record, "waiting for a free executor: all are busy", now)
                 continue
             if not self.capacity.fits_now(cpus, memory):
-                self.note_waiting(record, self.capacity.waiting_reason(cpus, memory))
+                self.note_waiting(record, self.capacity.waiting_reason(cpus, memory), now)
                 continue
             if not self.reserve_gpus(record):
                 continue
@@ -554,6 +564,7 @@ class Server:
         if self.backend is None:
             return
         self.capacity.reserve(record.id, cpus, memory)
+        self.unsaved_waits.discard(record.id)
         record.status = JobStatus.STARTING
         record.reason = None
         record.retry_at = None
@@ -658,10 +669,8 @@ class Server:
             "env": env,
         }
 
-    def note_waiting(self, record: JobRecord, reason: str) -> None:
-        if record.reason != reason:
-            record.reason = reason
-            self.save_job(record, durable=False)
+    def note_waiting(self, record: JobRecord, reason: str, now: float | None = None) -> None:
+        publish.note_waiting(self, record, reason, self.clock() if now is None else now)
 
     def fail_never_fits(self, record: JobRecord, cpus: float, memory: int, now: float) -> None:
         reason = (
@@ -744,8 +753,8 @@ class Server:
     def retry_unsaved_jobs(self) -> None:
         publish.retry_unsaved_jobs(self)
 
-    def write_active_index(self) -> None:
-        publish.write_active_index(self)
+    def write_active_index(self, *, force: bool = False) -> None:
+        publish.write_active_index(self, force=force)
 
     def write_status(self, *, force: bool = False, state: str | None = None) -> None:
         publish.write_status(self, force=force, state=state)

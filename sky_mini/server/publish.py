@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sky_mini.server")
 
 STATUS_HEARTBEAT_SECONDS = 5.0
+STATUS_MIN_INTERVAL_SECONDS = 0.05
+"""While jobs come and go, status.json and jobs/active.json are rewritten at most this often
+(each write is a rename, which ext4 turns into a flush: ~2 ms per write in a drain)."""
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -46,14 +49,34 @@ def save_job(server: Server, record: JobRecord, *, durable: bool = True) -> None
     server.unsaved.pop(record.id, None)
 
 
+NOTE_WAITING_AFTER_SECONDS = 1.0
+"""A PENDING job's waiting reason is written to its record once it has waited this long."""
+
+
+def note_waiting(server: Server, record: JobRecord, reason: str, now: float) -> None:
+    """Record why a PENDING job waits; written once it has waited a moment (a queue that
+    drains at once would otherwise pay one record write per job for a reason nobody saw)."""
+    if record.reason == reason and record.id not in server.unsaved_waits:
+        return
+    record.reason = reason
+    if now - record.submitted_at < NOTE_WAITING_AFTER_SECONDS:
+        server.unsaved_waits.add(record.id)
+        return
+    server.unsaved_waits.discard(record.id)
+    server.save_job(record, durable=False)
+
+
 def retry_unsaved_jobs(server: Server) -> None:
     for record in list(server.unsaved.values()):
         server.save_job(record)
 
 
-def write_active_index(server: Server) -> None:
+def write_active_index(server: Server, *, force: bool = False) -> None:
     if not server.active_dirty:
         return
+    now = server.clock()
+    if not force and now - server.last_active_write < STATUS_MIN_INTERVAL_SECONDS:
+        return  # still dirty; a stale index only lists finished jobs as unfinished
     try:
         server.store.write_active(sorted(server.jobs), server.seen_through)
     except OSError as exc:
@@ -61,6 +84,7 @@ def write_active_index(server: Server) -> None:
             raise
         return  # still dirty: retried next tick
     server.active_dirty = False
+    server.last_active_write = now
 
 
 def write_status(server: Server, *, force: bool = False, state: str | None = None) -> None:
@@ -69,6 +93,8 @@ def write_status(server: Server, *, force: bool = False, state: str | None = Non
         force or server.status_dirty or now - server.last_status_write >= STATUS_HEARTBEAT_SECONDS
     ):
         return
+    if not force and now - server.last_status_write < STATUS_MIN_INTERVAL_SECONDS:
+        return  # still dirty: a tick writes it at most STATUS_MIN_INTERVAL_SECONDS later
     if state is None:
         state = "stopping" if server.stop_requested is not None else "running"
     pending = sum(1 for r in server.jobs.values() if r.status is JobStatus.PENDING)

@@ -74,7 +74,7 @@ def cleanup(server: Server) -> None:
             del server.jobs[record.id]
             server.active_dirty = True
     with contextlib.suppress(OSError):
-        server.write_active_index()
+        server.write_active_index(force=True)
     server.hooks.kill_all()
     if server.cgroup_caps is not None:
         from sky_mini.cgroups import remove_base

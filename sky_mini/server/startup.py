@@ -71,6 +71,7 @@ def install_signal_handlers(server: Server) -> None:
 
 
 def configure_host(server: Server) -> None:
+    from sky_mini.capacity import publish as publish_capacity
     from sky_mini.cgroups import detect_capabilities
     from sky_mini.resources import detect_resources, size_pool
 
@@ -83,6 +84,9 @@ def configure_host(server: Server) -> None:
         log.warning("%s", pool.warning)
         server.warnings.append(pool.warning)
     server.capacity = Capacity(cpus=detected.cpus, memory_bytes=pool.usable_memory_bytes)
+    publish_capacity(
+        server.paths.server_dir, server.paths.config, detected.cpus, detected.memory_bytes
+    )
     from sky_mini.server.gpus import detect_gpu_pool
 
     server.gpu_pool = detect_gpu_pool()

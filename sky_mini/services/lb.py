@@ -1,6 +1,13 @@
 """The TCP load balancer: one listening socket per service on 127.0.0.1, proxied connections
 round-robin over READY replicas, and replay of a request whose replica died before answering.
 
+Replay is per request, also on a keep-alive connection: bytes from the client that follow an
+answer start a new request, kept until its first answer byte. A request whose replica closed
+or reset the connection before any byte of the answer is sent to another READY replica,
+unless it is a non-idempotent HTTP request (POST, PATCH, ...), as nginx's
+``proxy_next_upstream`` does. Bytes are forwarded as soon as they are read (write interest
+only when a socket's buffer is full), which saves a selector round trip per request.
+
 :class:`LoadBalancer` owns every listening socket and connection, on the controller's
 selector (it registers them tagged ``("lb", runtime)`` and ``("conn", connection)``). The
 loop calls :meth:`~LoadBalancer.bind`, :meth:`~LoadBalancer.close`,
@@ -18,6 +25,7 @@ import struct
 from typing import Any
 
 from sky_mini.services.desired import LB_HOST
+from sky_mini.services.framing import ResponseTracker
 from sky_mini.services.model import Replica, ServiceRuntime
 
 log = logging.getLogger("sky_mini.services")
@@ -32,6 +40,8 @@ PROXY_BUFFER_LIMIT = 256 * 1024
 # empty-response" does. Requests larger than this are not retried.
 REPLAY_LIMIT = 64 * 1024
 ACCEPTS_PER_EVENT = 64
+# Never replayed: a replica may have acted on these before it died (RFC 9110 9.2.2).
+NON_IDEMPOTENT_METHODS = (b"POST ", b"PATCH ", b"CONNECT ", b"LOCK ", b"UNLOCK ")
 
 
 class Connection:
@@ -51,8 +61,9 @@ class Connection:
         self.client_shut = False
         self.upstream_shut = False
         self.closed = False
-        self.replay = bytearray()  # bytes sent upstream, kept until the first answer byte
-        self.answered = False
+        self.replay = bytearray()  # this request's bytes sent upstream, until its answer
+        self.answered = False  # the replica answered what it was sent (no request in flight)
+        self.responses = ResponseTracker()  # of the current upstream connection
 
 
 class LoadBalancer:
@@ -159,15 +170,18 @@ class LoadBalancer:
                     self.finish_connect(conn)
             elif sock is conn.client:
                 if mask & selectors.EVENT_READ:
+                    had = len(conn.to_upstream)
                     conn.client_eof |= self.pump_in(conn.client, conn.to_upstream)
+                    if conn.answered and len(conn.to_upstream) > had:
+                        conn.answered = False  # bytes after an answer: a new request
                 if mask & selectors.EVENT_WRITE:
                     self.pump_out(conn.client, conn.to_client)
+                if conn.to_upstream and conn.upstream is not None and not conn.connecting:
+                    self.pump_upstream_safely(conn, selectors.EVENT_WRITE)  # write-through
             elif sock is conn.upstream:
-                try:
-                    self.pump_upstream(conn, mask)
-                except OSError:
-                    if not self.retry_elsewhere(conn):
-                        raise
+                self.pump_upstream_safely(conn, mask)
+                if conn.to_client and not conn.closed:
+                    self.pump_out(conn.client, conn.to_client)  # write-through
         except OSError:
             self.close_connection(conn)
             return
@@ -177,6 +191,13 @@ class LoadBalancer:
         if not conn.closed:
             self.update_interest(conn)
 
+    def pump_upstream_safely(self, conn: Connection, mask: int) -> None:
+        try:
+            self.pump_upstream(conn, mask)
+        except OSError:
+            if not self.retry_elsewhere(conn) and not self.switch_if_idle(conn):
+                raise
+
     def pump_upstream(self, conn: Connection, mask: int) -> None:
         assert conn.upstream is not None
         if mask & selectors.EVENT_READ:
@@ -185,7 +206,10 @@ class LoadBalancer:
             if len(conn.to_client) > before:
                 conn.answered = True
                 conn.replay.clear()
+                conn.responses.feed(memoryview(conn.to_client)[before:])
             if eof and not conn.answered and self.retry_elsewhere(conn):
+                return
+            if eof and self.switch_if_idle(conn):
                 return
             conn.upstream_eof |= eof
         if mask & selectors.EVENT_WRITE and conn.upstream is not None:
@@ -202,10 +226,33 @@ class LoadBalancer:
         """
         if conn.answered or len(conn.replay) > REPLAY_LIMIT or conn.upstream is None:
             return False
+        if conn.replay.startswith(NON_IDEMPOTENT_METHODS):
+            return False
         self.drop_socket(conn.upstream)
         conn.upstream = None
         conn.to_upstream[:0] = conn.replay
         conn.replay = bytearray()
+        conn.upstream_eof = False
+        conn.upstream_shut = False
+        if not self.connect_upstream(conn):
+            self.close_connection(conn)
+        return True
+
+    def switch_if_idle(self, conn: Connection) -> bool:
+        """The replica closed a keep-alive connection between responses (or died then): keep
+        the client's connection and send its next request to another READY replica, as a
+        proxy with its own upstream connections does. False when that is not certain."""
+        dead = conn.replica
+        if not conn.answered or not conn.responses.idle or dead is None:
+            return False
+        if not [r for r in conn.runtime.ready_replicas() if r.index != dead.index]:
+            return False
+        if conn.upstream is not None:
+            self.drop_socket(conn.upstream)
+        conn.upstream = None
+        conn.tried = {dead.index}
+        conn.replay = bytearray()
+        conn.responses = ResponseTracker()
         conn.upstream_eof = False
         conn.upstream_shut = False
         if not self.connect_upstream(conn):

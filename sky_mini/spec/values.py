@@ -3,7 +3,6 @@ key, says what was found and what is allowed (a :class:`SpecError`, exit 2)."""
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -52,6 +51,8 @@ def check_keys(data: Mapping[Any, Any], allowed: Sequence[str], path: str, prefi
         dotted = f"{prefix}{shown}"
         hint = ""
         if isinstance(key, str):
+            import difflib  # only to suggest a key: not on the cron path
+
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             if close:
                 hint = f"did you mean '{close[0]}'? "

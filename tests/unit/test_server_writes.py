@@ -1,0 +1,113 @@
+"""How often the server writes while a queue drains: fewer writes, same facts on disk."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from sky_mini.models import JobRecord, JobStatus
+from sky_mini.server import publish
+from sky_mini.server.backends.base import BackendEvent
+from sky_mini.state import Store
+from tests.helpers import FakeClock
+from tests.unit.test_server_tick import FakeBackend, GiB, make_server
+
+
+def submit_now(server: Any) -> JobRecord:
+    record = Store(server.paths).create_job(
+        lambda i: JobRecord(
+            id=i,
+            task={"run": "true", "resources": {"cpus": 1.0, "memory_bytes": None}},
+            name=f"j{i}",
+            log_path=server.paths.job_log(i),
+            submitted_at=server.clock(),
+        )
+    )
+    server.load_new_jobs()
+    return record
+
+
+def count_saves(server: Any, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The durability of every record write the server makes from now on."""
+    writes: list[bool] = []
+    real = server.store.save_job
+
+    def save(record: JobRecord, *, durable: bool = True) -> None:
+        writes.append(durable)
+        real(record, durable=durable)
+
+    monkeypatch.setattr(server.store, "save_job", save)
+    return writes
+
+
+STARTED = {"phase": "run", "pid": 4242, "pgid": 4242, "create_time": 1.0, "executor": "job-0"}
+FINISHED = {"status": "SUCCEEDED", "exit_code": 0}
+
+
+def test_a_job_that_starts_and_ends_within_one_poll_is_written_once_durably(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
+    job = submit_now(server)
+    server.dispatch_pending(server.clock())
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    writes = count_saves(server, monkeypatch)
+    backend.events = [
+        BackendEvent("started", job.id, STARTED),
+        BackendEvent("finished", job.id, FINISHED),
+    ]
+    server.handle_backend_events(server.clock())
+    assert writes == [True]
+    stored = Store(server.paths).load_job(job.id)
+    assert stored is not None and stored.status is JobStatus.SUCCEEDED
+    assert stored.pid == 4242  # the start's facts are in the one write
+
+
+def test_a_start_alone_is_still_written(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
+    job = submit_now(server)
+    server.dispatch_pending(server.clock())
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    writes = count_saves(server, monkeypatch)
+    backend.events = [BackendEvent("started", job.id, STARTED)]
+    server.handle_backend_events(server.clock())
+    assert writes == [False]
+    stored = Store(server.paths).load_job(job.id)
+    assert stored is not None and stored.status is JobStatus.RUNNING and stored.pid == 4242
+
+
+def test_a_waiting_reason_is_written_once_the_job_has_waited(tmp_path: Any) -> None:
+    clock = FakeClock()
+    server = make_server(str(tmp_path), cpus=4.0, memory=GiB(8), slots=1, clock=clock)
+    submit_now(server)
+    waiting = submit_now(server)
+    server.dispatch_pending(clock())
+    reason = "waiting for a free executor: all are busy"
+    assert server.jobs[waiting.id].reason == reason  # shown by the server at once
+    on_disk = Store(server.paths).load_job(waiting.id)
+    assert on_disk is not None and on_disk.reason is None
+    clock.now += publish.NOTE_WAITING_AFTER_SECONDS
+    server.dispatch_pending(clock())
+    on_disk = Store(server.paths).load_job(waiting.id)
+    assert on_disk is not None and on_disk.reason == reason
+
+
+def test_status_writes_are_paced_and_the_loop_wakes_for_the_held_one(tmp_path: Any) -> None:
+    clock = FakeClock()
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=clock)
+    server.write_status(force=True)
+    written = os.stat(server.paths.server_status).st_mtime_ns
+    os.utime(server.paths.server_status, ns=(0, 0))
+    server.status_dirty = True
+    server.write_status()
+    assert os.stat(server.paths.server_status).st_mtime_ns == 0  # held back
+    assert server.next_timeout() <= publish.STATUS_MIN_INTERVAL_SECONDS
+    clock.now += publish.STATUS_MIN_INTERVAL_SECONDS
+    server.write_status()
+    assert os.stat(server.paths.server_status).st_mtime_ns != 0
+    assert not server.status_dirty
+    assert written
