@@ -35,15 +35,24 @@ from sky_mini import __version__, procs
 from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus, ReasonCode
 from sky_mini.paths import Paths, ensure_dirs
-from sky_mini.server import batch, groups, publish, restart, shutdown, startup
+from sky_mini.server import (
+    batch,
+    components,
+    groups,
+    placement,
+    publish,
+    restart,
+    retention,
+    shutdown,
+    startup,
+)
 from sky_mini.server.admission import Capacity, job_needs
 from sky_mini.server.backends import RemoteBackends
 from sky_mini.server.backends.base import Backend, BackendEvent
-from sky_mini.server.gpus import GpuPool, skypilot_env
+from sky_mini.server.gpus import GpuPool
 from sky_mini.server.hooks import HookRunner
 from sky_mini.server.startup import AlreadyRunning, configure_logging
 from sky_mini.state import Store
-from sky_mini.units import format_size
 
 log = logging.getLogger("sky_mini.server")
 
@@ -51,8 +60,6 @@ TICK_SECONDS = 1.0
 STATUS_HEARTBEAT_SECONDS = 5.0
 SHUTDOWN_EXTRA_SECONDS = 5.0
 JOB_RESERVATION_EPSILON = 1e-9
-PRUNE_INTERVAL_SECONDS = 3600.0
-HISTORY_SCAN_BATCH = 500
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -95,7 +102,9 @@ class Server:
         self.unsaved_waits: set[int] = set()  # waiting reasons not yet worth a write
         self.active_dirty = True
         self.last_prune = 0.0
-        self.scan_cursor = 1  # next finished record to check once after start (see scan_history)
+        self.scan_cursor = (
+            1  # next finished record to check once after start (see retention.scan_history)
+        )
         self.scan_end = 0
         self.warnings: list[str] = []
         self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
@@ -149,12 +158,12 @@ class Server:
         self.configure_host()
         self.open_wake_fifo()
         self.install_signal_handlers()
-        self.create_backend()
+        components.create_backend(self)
         self.reconcile_previous_instance()
-        self.start_backend()
+        components.start_backend(self)
         self.load_new_jobs()
-        self.start_services()
-        self.start_http()
+        components.start_services(self)
+        components.start_http(self)
         self.write_status(force=True)
         log.info(
             "sky-mini %s serving (pid %d, home %s, %d job executor(s))",
@@ -164,81 +173,19 @@ class Server:
             len(self.backend_components()),
         )
 
-    def create_backend(self) -> None:
-        """Build the backend (nothing runs yet: ``reattach`` comes before ``start``)."""
-        from sky_mini.server.backends.local import LocalBackend
-
-        backend = LocalBackend(
-            self.pool.job_executors,
-            cgroup_caps=self.cgroup_caps,
-            cgroup_base=f"sky-mini-{self.key}",
-            memory_mechanism=self.memory_mechanism,
-            disabled=self.settings.disabled,
-        )
-        backend.on_close = self.forget_fd
-        self.backend = backend
-
-    def start_backend(self) -> None:
-        assert self.backend is not None
-        self.backend.start()
-        self.register_backend_fds()
-
     def forget_fd(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(fd)
 
-    def register_backend_fds(self) -> None:
-        """Wait on the backend's descriptors and on every tied child's sentinel."""
-        assert self.backend is not None
-        registered = {key.fd for key in self.selector.get_map().values()}
-        for fd in self.backend.filenos():
-            if fd not in registered:
-                self.selector.register(fd, selectors.EVENT_READ, "backend")
-        self.register_child_sentinels(registered)
-
-    def register_child_sentinels(self, registered: set[int] | None = None) -> None:
-        """Wait on every tied child's ``Process.sentinel``: readable the moment it exits."""
-        from sky_mini.server import tied
-
-        if registered is None:
-            registered = {key.fd for key in self.selector.get_map().values()}
-        for fd in tied.child_sentinels():
-            if fd not in registered:
-                self.selector.register(fd, selectors.EVENT_READ, "child")
-
-    def start_services(self) -> None:
-        """The services supervisor; it forks the services-controller when a service is up."""
-        from sky_mini.services.supervisor import ServicesSupervisor
-
-        self.services = ServicesSupervisor(
-            self.paths,
-            self.settings,
-            selector=self.selector,  # it registers and unregisters its own event pipe
-            key=self.key,
-            instance_id=self.instance_id,
-            cgroup_caps=self.cgroup_caps,
-            cgroup_base=f"sky-mini-{self.key}",
-            memory_mechanism=self.memory_mechanism,
-            clock=self.clock,
-        )
-
-    def start_http(self) -> None:
-        """The ``sky-mini: http`` component, when ``--http`` / ``http.listen`` asks for it."""
-        if not self.settings.http_listen:
-            return
-        from sky_mini.server.http_component import HttpSupervisor
-
-        self.http = HttpSupervisor(
-            self.paths.home,
-            self.settings.http_listen,
-            self.settings.disabled,
-            selector=self.selector,
-        )
-        self.http.maintain(self.clock())
-
     def maintain_http(self, now: float) -> None:
         if self.http is not None and self.http.maintain(now):
             self.status_dirty = True
+
+    def reserve_gpus(self, record: JobRecord) -> bool:
+        return placement.reserve_gpus(self, record)
+
+    def release_job_extras(self, job_id: int, *, final: bool = True) -> None:
+        placement.release_job_extras(self, job_id, final=final)
 
     def backend_components(self) -> list[dict[str, Any]]:
         local = self.backend.components() if self.backend is not None else []
@@ -275,7 +222,7 @@ class Server:
             self.cleanup()
         log.info("server stopped")
         if self.stop_requested == "idle" and self.detached and self.work_arrived():
-            self.spawn_successor()
+            shutdown.spawn_successor(self)
         return 0
 
     def work_arrived(self) -> bool:
@@ -287,17 +234,6 @@ class Server:
             if record is not None and record.status is JobStatus.PENDING:
                 return True
         return False
-
-    def spawn_successor(self) -> None:
-        """Start a fresh detached server (our lock is already released) for late work."""
-        import subprocess
-
-        argv = [sys.executable, "-m", "sky_mini", "serve", "--foreground", "--detached"]
-        idle = "off" if self.idle_minutes is None else f"{self.idle_minutes:g}"
-        argv += ["--idle-minutes", idle]
-        log.info("work arrived during the idle stop: starting a successor server")
-        with contextlib.suppress(OSError):
-            subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
     def tick(self) -> bool:
         """One pass of the loop. Returns True when the server should exit."""
@@ -315,8 +251,8 @@ class Server:
         self.maintain_http(now)
         self.dispatch_pending(now)
         self.check_autostop(now)
-        self.prune_history(now)
-        self.scan_history()
+        retention.prune_history(self, now)
+        retention.scan_history(self)
         self.retry_unsaved_jobs()
         self.write_active_index()
         self.write_status()
@@ -332,7 +268,7 @@ class Server:
         return TICK_SECONDS
 
     def wait_for_events(self, timeout: float) -> None:
-        self.register_child_sentinels()
+        components.register_child_sentinels(self)
         try:
             ready = self.selector.select(timeout)
         except InterruptedError:
@@ -517,7 +453,7 @@ class Server:
         for note in self.backend.maintain():
             log.warning("%s", note)
             self.status_dirty = True
-        self.register_backend_fds()
+        components.register_backend_fds(self)
 
     def reconcile_services(self, now: float) -> None:
         if self.services is not None and self.services.reconcile(now):
@@ -532,7 +468,7 @@ class Server:
             record = self.jobs.get(job_id)  # a job group's step may have ended its other jobs
             if record is None or record.status is not JobStatus.PENDING:
                 continue
-            if record.after and not self.dependencies_allow(record, now):
+            if record.after and not placement.dependencies_allow(self, record, now):
                 continue
             held = batch.hold_reason(record, now, gate)
             if held is not None:
@@ -545,7 +481,7 @@ class Server:
                 continue
             cpus, memory = job_needs(record, self.capacity.cpus)
             if not self.capacity.fits_ever(cpus, memory):
-                self.fail_never_fits(record, cpus, memory, now)
+                placement.fail_never_fits(self, record, cpus, memory, now)
                 continue
             if self.backend.free_slots() <= 0:
                 self.note_waiting(record, "waiting for a free executor: all are busy", now)
@@ -569,7 +505,7 @@ class Server:
         record.reason = None
         record.retry_at = None
         gate.note_started(record)
-        record.executor = self.backend.launch(record, self.job_payload(record))
+        record.executor = self.backend.launch(record, placement.job_payload(self, record))
         record.started_at = now
         self.save_job(record, durable=False)
         self.status_dirty = True
@@ -597,100 +533,8 @@ class Server:
         self.save_job(record, durable=False)
         self.status_dirty = True
 
-    def dependencies_allow(self, record: JobRecord, now: float) -> bool:
-        """``after`` gating: True to go on; else the job waits (reason noted) or was
-        cancelled with ``dependency_failed``."""
-        from sky_mini.server.deps import dependency_gate
-
-        def lookup(job_id: int) -> JobRecord | None:
-            return self.jobs.get(job_id) or self.store.load_job(job_id)
-
-        gate = dependency_gate(record, lookup)
-        if gate.action == "wait":
-            self.note_waiting(record, gate.reason or "waiting")
-            return False
-        if gate.action == "cancel":
-            record.finish(
-                JobStatus.CANCELLED,
-                now=now,
-                reason=gate.reason,
-                reason_code=ReasonCode.DEPENDENCY_FAILED.value,
-                exit_code=None,
-            )
-            self.save_job(record)
-            self.release_job_extras(record.id)
-            del self.jobs[record.id]
-            self.active_dirty = True
-            self.status_dirty = True
-            log.info("job %d CANCELLED: %s", record.id, gate.reason)
-            self.hooks.job_ended(record, now)
-            return False
-        return True
-
-    def reserve_gpus(self, record: JobRecord) -> bool:
-        """Take the job's GPUs from the pool (True), or note what it waits for (False)."""
-        resources = record.task.get("resources") or {}
-        count = float(resources.get("gpus") or 0.0)
-        if count <= 0:
-            return True
-        wanted = resources.get("accelerator")
-        indices = self.gpu_pool.pick(wanted, count)
-        if indices is None:
-            self.note_waiting(record, self.gpu_pool.waiting_reason(wanted, count))
-            return False
-        self.gpu_pool.reserve(record.id, indices, count)
-        self.gpu_assignments[record.id] = indices
-        return True
-
-    def release_job_extras(self, job_id: int, *, final: bool = True) -> None:
-        """What a job holds besides CPU/memory: its GPUs (after every attempt) and its
-        secrets file (once the job is over: a retry needs it again)."""
-        self.gpu_pool.release(job_id)
-        self.gpu_assignments.pop(job_id, None)
-        if final:
-            from sky_mini.jobsecrets import discard_secrets
-
-            discard_secrets(self.paths.job_secrets(job_id))
-
-    def job_payload(self, record: JobRecord) -> dict[str, Any]:
-        env = dict(record.env or os.environ)
-        env.update(record.task.get("envs") or {})
-        if record.task.get("secrets"):
-            from sky_mini.jobsecrets import read_secrets
-
-            env.update(read_secrets(self.paths.job_secrets(record.id)))
-        env.update(skypilot_env(record, self.gpu_assignments.get(record.id), self.gpu_pool))
-        env["SKY_MINI_JOB_ID"] = str(record.id)
-        return {
-            "id": record.id,
-            "task": record.task,
-            "log_path": record.log_path,
-            "marker": procs.marker_for(f"{self.key}:{self.instance_id}", f"job-{record.id}"),
-            "env": env,
-        }
-
     def note_waiting(self, record: JobRecord, reason: str, now: float | None = None) -> None:
         publish.note_waiting(self, record, reason, self.clock() if now is None else now)
-
-    def fail_never_fits(self, record: JobRecord, cpus: float, memory: int, now: float) -> None:
-        reason = (
-            f"needs {cpus:g} CPU and {format_size(memory)} but this machine can give at most "
-            f"{self.capacity.cpus:g} CPU and {format_size(self.capacity.memory_bytes)}; "
-            "lower resources.cpus/resources.memory"
-        )
-        record.finish(
-            JobStatus.FAILED,
-            now=now,
-            reason=reason,
-            reason_code=ReasonCode.NEVER_FITS.value,
-            exit_code=None,
-        )
-        self.save_job(record)
-        self.release_job_extras(record.id)
-        del self.jobs[record.id]
-        self.active_dirty = True
-        log.warning("job %d can never run here: %s", record.id, reason)
-        self.hooks.job_ended(record, now)
 
     def has_work(self) -> bool:
         if self.jobs or self.hooks.running:
@@ -710,29 +554,6 @@ class Server:
         ):
             log.info("idle for %g minute(s) with no work: stopping", self.idle_minutes)
             self.initiate_shutdown("idle")
-
-    def scan_history(self) -> None:
-        """Read every older record once after start, a batch per tick, so a damaged one is
-        quarantined (and a newer-schema one reported) without slowing the start itself."""
-        stop = min(self.scan_end + 1, self.scan_cursor + HISTORY_SCAN_BATCH)
-        for job_id in range(self.scan_cursor, stop):
-            if job_id not in self.jobs:
-                self.store.load_job(job_id)
-        self.scan_cursor = stop
-
-    def prune_history(self, now: float) -> None:
-        if now - self.last_prune < PRUNE_INTERVAL_SECONDS:
-            return
-        self.last_prune = now
-        from sky_mini.server.retention import prune_finished_jobs
-
-        removed = prune_finished_jobs(self.store, now - self.settings.retention_days * 86400)
-        if removed:
-            log.info(
-                "pruned %d finished job(s) older than %g days",
-                removed,
-                self.settings.retention_days,
-            )
 
     # -- shutdown (sky_mini.server.shutdown) --------------------------------------------
 

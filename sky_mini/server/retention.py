@@ -1,10 +1,21 @@
-"""Pruning of finished jobs older than ``jobs.retention_days`` (run by the server)."""
+"""Pruning of finished jobs older than ``jobs.retention_days`` (run by the server), and
+the one slow read of the older history after a start."""
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 from sky_mini.state import Store, read_json
 
+if TYPE_CHECKING:
+    from sky_mini.server.main import Server
+
+log = logging.getLogger("sky_mini.server")
+
 PRUNE_FLOOR_FILE = "pruned_below"
+PRUNE_INTERVAL_SECONDS = 3600.0
+HISTORY_SCAN_BATCH = 500
 
 
 def prune_finished_jobs(store: Store, cutoff: float) -> int:
@@ -34,3 +45,26 @@ def prune_finished_jobs(store: Store, cutoff: float) -> int:
 
         atomic_write_json(floor_path, {"schema": 1, "below": job_id}, durable=False)
     return removed
+
+
+def scan_history(server: Server) -> None:
+    """Read every older record once after start, a batch per tick, so a damaged one is
+    quarantined (and a newer-schema one reported) without slowing the start itself."""
+    stop = min(server.scan_end + 1, server.scan_cursor + HISTORY_SCAN_BATCH)
+    for job_id in range(server.scan_cursor, stop):
+        if job_id not in server.jobs:
+            server.store.load_job(job_id)
+    server.scan_cursor = stop
+
+
+def prune_history(server: Server, now: float) -> None:
+    if now - server.last_prune < PRUNE_INTERVAL_SECONDS:
+        return
+    server.last_prune = now
+    removed = prune_finished_jobs(server.store, now - server.settings.retention_days * 86400)
+    if removed:
+        log.info(
+            "pruned %d finished job(s) older than %g days",
+            removed,
+            server.settings.retention_days,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from sky_mini.models import JobStatus, ReasonCode
@@ -90,3 +91,15 @@ def cleanup(server: Server) -> None:
     if server.lock_fd >= 0:
         os.close(server.lock_fd)
         server.lock_fd = -1
+
+
+def spawn_successor(server: Server) -> None:
+    """Start a fresh detached server (our lock is already released) for late work."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "sky_mini", "serve", "--foreground", "--detached"]
+    idle = "off" if server.idle_minutes is None else f"{server.idle_minutes:g}"
+    argv += ["--idle-minutes", idle]
+    log.info("work arrived during the idle stop: starting a successor server")
+    with contextlib.suppress(OSError):
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)

@@ -1,0 +1,122 @@
+"""What a job needs before it starts, and gives back when it ends: its dependencies
+(``after``), its GPUs, its environment (envs, secrets, SkyPilot's variables), and the
+verdict for a job this machine can never run.
+
+Functions of the server (``server`` is :class:`sky_mini.server.main.Server`), called from
+``dispatch_pending`` and wherever a job ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from sky_mini import procs
+from sky_mini.models import JobRecord, JobStatus, ReasonCode
+from sky_mini.server.gpus import skypilot_env
+from sky_mini.units import format_size
+
+if TYPE_CHECKING:
+    from sky_mini.server.main import Server
+
+log = logging.getLogger("sky_mini.server")
+
+
+def dependencies_allow(server: Server, record: JobRecord, now: float) -> bool:
+    """``after`` gating: True to go on; else the job waits (reason noted) or was
+    cancelled with ``dependency_failed``."""
+    from sky_mini.server.deps import dependency_gate
+
+    def lookup(job_id: int) -> JobRecord | None:
+        return server.jobs.get(job_id) or server.store.load_job(job_id)
+
+    gate = dependency_gate(record, lookup)
+    if gate.action == "wait":
+        server.note_waiting(record, gate.reason or "waiting")
+        return False
+    if gate.action == "cancel":
+        record.finish(
+            JobStatus.CANCELLED,
+            now=now,
+            reason=gate.reason,
+            reason_code=ReasonCode.DEPENDENCY_FAILED.value,
+            exit_code=None,
+        )
+        server.save_job(record)
+        release_job_extras(server, record.id)
+        del server.jobs[record.id]
+        server.active_dirty = True
+        server.status_dirty = True
+        log.info("job %d CANCELLED: %s", record.id, gate.reason)
+        server.hooks.job_ended(record, now)
+        return False
+    return True
+
+
+def reserve_gpus(server: Server, record: JobRecord) -> bool:
+    """Take the job's GPUs from the pool (True), or note what it waits for (False)."""
+    resources = record.task.get("resources") or {}
+    count = float(resources.get("gpus") or 0.0)
+    if count <= 0:
+        return True
+    wanted = resources.get("accelerator")
+    indices = server.gpu_pool.pick(wanted, count)
+    if indices is None:
+        server.note_waiting(record, server.gpu_pool.waiting_reason(wanted, count))
+        return False
+    server.gpu_pool.reserve(record.id, indices, count)
+    server.gpu_assignments[record.id] = indices
+    return True
+
+
+def release_job_extras(server: Server, job_id: int, *, final: bool = True) -> None:
+    """What a job holds besides CPU/memory: its GPUs (after every attempt) and its
+    secrets file (once the job is over: a retry needs it again)."""
+    server.gpu_pool.release(job_id)
+    server.gpu_assignments.pop(job_id, None)
+    if final:
+        from sky_mini.jobsecrets import discard_secrets
+
+        discard_secrets(server.paths.job_secrets(job_id))
+
+
+def job_payload(server: Server, record: JobRecord) -> dict[str, Any]:
+    env = dict(record.env or os.environ)
+    env.update(record.task.get("envs") or {})
+    if record.task.get("secrets"):
+        from sky_mini.jobsecrets import read_secrets
+
+        env.update(read_secrets(server.paths.job_secrets(record.id)))
+    env.update(skypilot_env(record, server.gpu_assignments.get(record.id), server.gpu_pool))
+    env["SKY_MINI_JOB_ID"] = str(record.id)
+    return {
+        "id": record.id,
+        "task": record.task,
+        "log_path": record.log_path,
+        "marker": procs.marker_for(f"{server.key}:{server.instance_id}", f"job-{record.id}"),
+        "env": env,
+    }
+
+
+def fail_never_fits(
+    server: Server, record: JobRecord, cpus: float, memory: int, now: float
+) -> None:
+    reason = (
+        f"needs {cpus:g} CPU and {format_size(memory)} but this machine can give at most "
+        f"{server.capacity.cpus:g} CPU and {format_size(server.capacity.memory_bytes)}; "
+        "lower resources.cpus/resources.memory"
+    )
+    record.finish(
+        JobStatus.FAILED,
+        now=now,
+        reason=reason,
+        reason_code=ReasonCode.NEVER_FITS.value,
+        exit_code=None,
+    )
+    server.save_job(record)
+    release_job_extras(server, record.id)
+    del server.jobs[record.id]
+    server.active_dirty = True
+    log.warning("job %d can never run here: %s", record.id, reason)
+    server.hooks.job_ended(record, now)
