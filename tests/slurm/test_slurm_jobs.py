@@ -129,8 +129,35 @@ def test_cancel_pending_and_queueing_reason(slurm_sky: SkyMini, slurm_cluster: C
     assert "second" in slurm_sky.run("jobs", "logs", str(second), "--no-follow").out
 
 
-def test_job_bigger_than_any_node_is_refused(slurm_sky: SkyMini, slurm_cluster: Cluster) -> None:
-    job = launch(slurm_sky, "--cpus", "64", "--", "true")
+def test_job_bigger_than_the_partition_is_refused_at_submit(
+    slurm_sky: SkyMini, slurm_cluster: Cluster
+) -> None:
+    """sinfo at submit: exit 2, the key and the cluster's figure, nothing recorded."""
+    cases = [
+        (("--cpus", "64"), "resources.cpus", "at most 2"),
+        (("--memory", "64G"), "resources.memory", "at most 4096 MB"),
+    ]
+    for flags, key, figure in cases:
+        for mode in ("--async", "--dry-run"):
+            result = slurm_sky.run("jobs", "launch", mode, "--infra", "slurm", *flags, "--", "true")
+            assert result.code == 2, (result, slurm_cluster.said())
+            assert key in result.err and figure in result.err and "'debug'" in result.err
+            assert "Traceback" not in result.err
+    unknown = slurm_sky.run("jobs", "launch", "--async", "--infra", "slurm/nope", "--", "true")
+    assert unknown.code == 2 and "no partition 'nope' (it has: debug)" in unknown.err, unknown
+    assert queue_json(slurm_sky) == {}
+    fits = slurm_sky.run(
+        "jobs", "launch", "--dry-run", "--infra", "slurm", "--cpus", "2", "--", "true"
+    )
+    assert fits.code == 0 and "warning" not in fits.err, fits
+
+
+def test_job_sbatch_refuses_is_failed_setup(slurm_sky: SkyMini, slurm_cluster: Cluster) -> None:
+    """What sinfo cannot foresee (here a node feature no node has) is sbatch's to refuse."""
+    os.makedirs(slurm_sky.home, exist_ok=True)
+    with open(os.path.join(slurm_sky.home, "config.yaml"), "w") as handle:
+        handle.write("slurm:\n  sbatch_args: ['--constraint=nosuchfeature']\n")
+    job = launch(slurm_sky, "--", "true")
     record = wait_status(slurm_sky, slurm_cluster, job, ("FAILED_SETUP", "FAILED", "SUCCEEDED"))
     assert record["status"] == "FAILED_SETUP", record
     assert "sbatch refused the job" in str(record["reason"])
@@ -219,7 +246,10 @@ def test_api_status_shows_controller_then_exit_4_when_unreachable(
         for line in src:
             dst.write(f"SlurmctldPort={port}\n" if line.startswith("SlurmctldPort=") else line)
     slurm_sky.extra_env["SLURM_CONF"] = bogus
-    waiting = launch(slurm_sky, "--", "true")
+    submitted = slurm_sky.run("jobs", "launch", "--async", "--infra", "slurm", "--", "true")
+    assert submitted.code == 0, submitted  # recorded anyway, with one warning line
+    assert submitted.err.count("warning: could not ask the Slurm cluster") == 1, submitted
+    waiting = int(submitted.out.strip())
 
     def waiting_for_controller() -> bool:
         record = queue_json(slurm_sky)[waiting]
