@@ -65,6 +65,7 @@ DISABLE_CHOICES = frozenset(
         "memguard",
         "secretfile",
         "slurm_lookup",
+        "slurm_worker",
     }
 )
 

@@ -189,7 +189,7 @@ class Server:
         """Wait on the backend's descriptors and on every tied child's sentinel."""
         assert self.backend is not None
         registered = {key.fd for key in self.selector.get_map().values()}
-        for fd in self.backend.filenos():
+        for fd in [*self.backend.filenos(), *self.remote.filenos()]:
             if fd not in registered:
                 self.selector.register(fd, selectors.EVENT_READ, "backend")
         self.register_child_sentinels(registered)
@@ -390,10 +390,14 @@ class Server:
             record.slurm_job_id = str(data["slurm_job_id"])
         if event.kind in ("pending", "submitted"):  # a cluster's queue: still PENDING here
             record.reason = data.get("reason", record.reason)
+            record.executor = data.get("executor", record.executor)
             self.save_job(record, durable=event.kind == "submitted")
+        elif event.kind == "unsubmitted":  # never reached the cluster: dispatched again
+            record.executor, record.reason = None, data.get("reason")
+            self.save_job(record, durable=False)
         elif event.kind == "started":
             record.status = JobStatus.RUNNING if data.get("phase") == "run" else JobStatus.STARTING
-            record.started_at = record.started_at or now
+            record.started_at = record.started_at or data.get("started_at") or now
             record.pid = data.get("pid")
             record.pgid = data.get("pgid")
             record.pid_create_time = data.get("create_time")

@@ -7,13 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.helpers import SkyMini, pid_alive, wait_for
-from tests.slurm.conftest import Cluster
+from tests.slurm.conftest import Cluster, dead_controller_conf
 
 JOB_TIMEOUT = 90.0
+LOCAL_PROMPT_SECONDS = 8.0  # a local `true`, attached, on a loaded 2-core machine
 
 
 def launch(sky: SkyMini, *args: str) -> int:
@@ -236,15 +238,7 @@ def test_api_status_shows_controller_then_exit_4_when_unreachable(
     assert row["slurm"]["nodes"] == {"idle": 1} and row["slurm"]["version"].startswith("slurm")
     assert slurm_sky.run("api", "stop", timeout=60).code == 0
     # The same home against a controller nobody listens on (a free port).
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    bogus = os.path.join(str(tmp_path), "bogus.conf")
-    with open(slurm_cluster.conf) as src, open(bogus, "w") as dst:
-        for line in src:
-            dst.write(f"SlurmctldPort={port}\n" if line.startswith("SlurmctldPort=") else line)
+    bogus = dead_controller_conf(slurm_cluster, str(tmp_path))
     slurm_sky.extra_env["SLURM_CONF"] = bogus
     submitted = slurm_sky.run("jobs", "launch", "--async", "--infra", "slurm", "--", "true")
     assert submitted.code == 0, submitted  # recorded anyway, with one warning line
@@ -262,3 +256,29 @@ def test_api_status_shows_controller_then_exit_4_when_unreachable(
 
     wait_for(degraded, 90, "api status exit 4 while the controller is unreachable")
     assert "controller unreachable" in slurm_sky.run("api", "status").out
+
+
+@pytest.mark.parametrize("worker", [True, False], ids=["worker", "inline-negative-control"])
+def test_local_jobs_run_promptly_while_the_controller_is_unreachable(
+    slurm_sky: SkyMini, slurm_cluster: Cluster, tmp_path: os.PathLike[str], worker: bool
+) -> None:
+    """Slurm's tools take 9-18 s to fail against a dead controller; they run in the Slurm
+    backend's thread, so a local job still starts at once. Negative control: with the calls
+    inline in the tick loop (SKY_MINI_DISABLE=slurm_worker) the same local job waits."""
+    slurm_sky.extra_env["SLURM_CONF"] = dead_controller_conf(slurm_cluster, str(tmp_path))
+    if not worker:
+        slurm_sky.extra_env["SKY_MINI_DISABLE"] = "slurm_worker"
+    waiting = launch(slurm_sky, "--", "true")  # auto-starts the server, which tries sbatch
+    wait_for(slurm_sky.status_ok, 60, "the server up")
+    durations = []
+    for _ in range(2):
+        began = time.monotonic()
+        local = slurm_sky.run("jobs", "launch", "--infra", "local", "--", "true", timeout=120)
+        durations.append(time.monotonic() - began)
+        assert local.code == 0, local
+    if worker:
+        assert max(durations) < LOCAL_PROMPT_SECONDS, durations
+        record = queue_json(slurm_sky)[waiting]
+        assert record["status"] == "PENDING", record
+    else:
+        assert max(durations) > LOCAL_PROMPT_SECONDS, durations  # the check can fail

@@ -84,7 +84,7 @@ def make_backend(home: str, fake: FakeSlurm, clock: FakeClock, **kw: object) -> 
         grace_seconds=3.0,
         tools=SlurmTools(fake),
         clock=clock,
-        **kw,  # type: ignore[arg-type]
+        **{"threaded": False, **kw},  # type: ignore[arg-type]
     )
     backend.start()
     return backend
@@ -334,3 +334,40 @@ def test_unreachable_controller_at_submit_is_retried_not_failed(
     backend.tools.runner = real
     assert backend.free_slots() > 0
     assert backend.launch(make_record(home, 1), {}) == "slurm:101"
+
+
+def test_threaded_backend_never_blocks_the_caller(tmp_path: os.PathLike[str]) -> None:
+    """A Slurm tool that hangs (an unreachable controller) holds up only the worker: launch,
+    stop and poll return at once; the answers arrive later as events, with a wake byte."""
+    import select
+    import threading
+    import time
+
+    from tests.helpers import wait_for
+
+    home, fake = str(tmp_path), FakeSlurm()
+    release = threading.Event()
+
+    def slow(argv: Sequence[str], stdin: str | None) -> ToolResult:
+        if argv[0] == "sbatch":
+            release.wait(60)
+        return fake(argv, stdin)
+
+    backend = make_backend(home, fake, FakeClock(), threaded=True)
+    backend.tools = SlurmTools(slow)
+    began = time.monotonic()
+    assert backend.poll() == []  # starts the worker
+    assert backend.launch(make_record(home, 1), {}) == "slurm:submitting"
+    backend.stop(1, "cancel", 3.0)
+    assert backend.poll() == []
+    assert time.monotonic() - began < 5  # sbatch is still blocked in the worker
+    assert fake.count("sbatch") == 0
+    release.set()
+    wait_for(lambda: select.select([backend.filenos()[0]], [], [], 0)[0], 30, "a wake byte")
+    events: list[object] = []
+    wait_for(lambda: events.extend(backend.poll()) or any(  # type: ignore[func-returns-value]
+        getattr(e, "kind", "") == "submitted" for e in events
+    ), 30, "the submitted event")  # fmt: skip
+    submitted = next(e for e in events if getattr(e, "kind", "") == "submitted")
+    assert submitted.data["slurm_job_id"] == "101"  # type: ignore[attr-defined]
+    wait_for(lambda: fake.count("scancel") == 1, 30, "the queued cancel to reach scancel")
