@@ -417,7 +417,7 @@ class Server:
             )
             if data.get("peak_memory_bytes"):
                 record.peak_memory_bytes = int(data["peak_memory_bytes"])
-            record.started_at = record.started_at or now
+            record.started_at = record.started_at or data.get("started_at") or now
             log.info(
                 "job %d %s%s",
                 record.id,

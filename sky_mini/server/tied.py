@@ -199,6 +199,16 @@ def release_thread_child(pid: int) -> None:
         _thread_children.discard(pid)
 
 
+def _forget_thread_children() -> None:
+    """In a forked child: a fresh lock (the worker may have held it at the fork), no PIDs."""
+    global THREAD_CHILDREN_LOCK
+    THREAD_CHILDREN_LOCK = threading.Lock()
+    _thread_children.clear()
+
+
+os.register_at_fork(after_in_child=_forget_thread_children)
+
+
 def is_thread_child(pid: int) -> bool:
     with THREAD_CHILDREN_LOCK:
         return pid in _thread_children

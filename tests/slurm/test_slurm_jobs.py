@@ -58,6 +58,10 @@ def test_success_and_exit_codes(slurm_sky: SkyMini, slurm_cluster: Cluster) -> N
     assert record["status"] == "SUCCEEDED" and record["exit_code"] == 0
     assert record["infra"] == "slurm" and str(record["slurm_job_id"]).isdigit()
     assert int(record["peak_memory_bytes"] or 0) > 0  # the step cgroup's peak, via the wrapper
+    shown = slurm_cluster.run("scontrol", "show", "job", str(record["slurm_job_id"])).stdout
+    start = shown.split("StartTime=", 1)[1].split()[0]
+    slurm_start = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S"))
+    assert record["started_at"] == slurm_start, (record, shown)  # Slurm's own start time
     queue = slurm_sky.run("jobs", "queue", "--all", check=True).out
     assert f"slurm:{record['slurm_job_id']}" in queue
     assert slurm_sky.run("jobs", "wait", str(ok), timeout=JOB_TIMEOUT).code == 0

@@ -46,6 +46,12 @@ PROBE_INTERVAL_SECONDS = 30.0
 SUBMIT_RETRY_SECONDS = 15.0  # after sbatch could not reach the controller
 UNREACHABLE_MARKERS = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes")
 WAITING_FOR_CONTROLLER = "waiting for the Slurm controller (sbatch cannot reach it); see api status"
+CANCELLED_BEFORE_START = {
+    "status": JobStatus.CANCELLED.value,
+    "reason": "cancelled by user before it started",
+    "reason_code": ReasonCode.CANCELLED.value,
+    "exit_code": None,
+}
 FAULT_ENV = "SKY_MINI_SLURM_FAULT"  # test only: "after_sbatch" exits the server right there
 
 
@@ -111,6 +117,7 @@ class SlurmBackend:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.worker = Worker(self.work, self.log)
+        self.unsubmitted: set[int] = set()  # sent back PENDING by the worker (not in jobs)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -195,7 +202,9 @@ class SlurmBackend:
 
     def submit_command(self, job: JobRecord, payload: dict[str, Any]) -> None:
         where = self.submit(job, payload)
+        self.unsubmitted.discard(job.id)
         if not where:
+            self.unsubmitted.add(job.id)
             data: dict[str, Any] = {"reason": WAITING_FOR_CONTROLLER}
             self.events.append(BackendEvent("unsubmitted", job.id, data))
         elif job.slurm_job_id:
@@ -339,6 +348,9 @@ class SlurmBackend:
     def cancel(self, job_id: int) -> None:
         tracked = self.jobs.get(job_id)
         if tracked is None:
+            if job_id in self.unsubmitted:  # cancelled while its sbatch failed: never ran
+                self.unsubmitted.discard(job_id)
+                self.events.append(BackendEvent("finished", job_id, CANCELLED_BEFORE_START))
             return
         now = self.clock()
         first = not tracked.cancel_requested
@@ -467,6 +479,8 @@ class SlurmBackend:
         if job is None and decision.kind == "none":
             return self.note_absent(tracked, now)
         tracked.absent_since = None
+        if job is not None and job.start_time:
+            tracked.extra["started_at"] = job.start_time
         if decision.kind == "pending":
             if decision.reason != tracked.last_reason:
                 tracked.last_reason = decision.reason
@@ -490,6 +504,8 @@ class SlurmBackend:
                 tracked.running = True
                 tracked.extra["phase"] = phase
                 data = {"phase": phase, "executor": f"slurm:{tracked.slurm_job_id}"}
+                if job is not None and job.start_time:
+                    data["started_at"] = job.start_time  # Slurm's own, not when we looked
                 self.events.append(BackendEvent("started", tracked.job_id, data))
                 return True
             return False
@@ -547,6 +563,7 @@ class SlurmBackend:
                     "exit_code": decision.exit_code,
                     "slurm_job_id": tracked.slurm_job_id,
                     "peak_memory_bytes": tracked.extra.get("peak_memory_bytes"),
+                    "started_at": tracked.extra.get("started_at"),
                 },
             )
         )
@@ -560,28 +577,11 @@ class SlurmBackend:
     def probe(self, now: float) -> None:
         """Controller reachable? Its version, partitions and node states, for api status."""
         self.next_probe = now + PROBE_INTERVAL_SECONDS
-        result = self.tools.run(["sinfo", "-h", "-N", "-o", "%N|%P|%T"])
-        if not result.ok:
-            self.note_unreachable(result.message())
-            return
-        nodes: dict[str, int] = {}
-        partitions: set[str] = set()
-        for line in result.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 3:
-                partitions.add(parts[1])
-                nodes[parts[2]] = nodes.get(parts[2], 0) + 1
-        version = self.controller.get("version")
-        if version is None:
-            answer = self.tools.run(["sinfo", "--version"])
-            version = answer.stdout.strip() if answer.ok else None
-        self.controller = {
-            "reachable": True,
-            "version": version,
-            "partitions": sorted(partitions),
-            "nodes": nodes,
-            "error": None,
-        }
+        info = self.tools.controller_info(self.controller.get("version"))
+        if isinstance(info, str):
+            self.note_unreachable(info)
+        else:
+            self.controller = info
 
     def components(self) -> list[dict[str, Any]]:
         reachable = self.controller.get("reachable")

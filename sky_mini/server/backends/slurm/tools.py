@@ -13,6 +13,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sky_mini.server.backends.slurm.states import (
     SQUEUE_FORMAT,
@@ -118,3 +119,27 @@ class SlurmTools:
                 return None
             raise QueryFailed(result.message())
         return parse_scontrol(result.stdout).get(slurm_id)
+
+    def controller_info(self, version: str | None) -> dict[str, Any] | str:
+        """For ``api status``: the controller's version, partitions and node states, or why
+        it could not be asked. ``version`` known from an earlier probe is not asked again."""
+        result = self.run(["sinfo", "-h", "-N", "-o", "%N|%P|%T"])
+        if not result.ok:
+            return result.message()
+        nodes: dict[str, int] = {}
+        partitions: set[str] = set()
+        for line in result.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                partitions.add(parts[1])
+                nodes[parts[2]] = nodes.get(parts[2], 0) + 1
+        if version is None:
+            answer = self.run(["sinfo", "--version"])
+            version = answer.stdout.strip() if answer.ok else None
+        return {
+            "reachable": True,
+            "version": version,
+            "partitions": sorted(partitions),
+            "nodes": nodes,
+            "error": None,
+        }
