@@ -15,7 +15,7 @@ from tests.helpers import SkyMini, pid_alive, wait_for
 from tests.slurm.conftest import Cluster, dead_controller_conf
 
 JOB_TIMEOUT = 90.0
-LOCAL_PROMPT_SECONDS = 8.0  # a local `true`, attached, on a loaded 2-core machine
+LOCAL_PROMPT_SECONDS = 4.0  # a local `true`, attached: ~0.3 s measured at load 35; inline ~9 s
 
 
 def launch(sky: SkyMini, *args: str) -> int:
@@ -280,6 +280,7 @@ def test_local_jobs_run_promptly_while_the_controller_is_unreachable(
         local = slurm_sky.run("jobs", "launch", "--infra", "local", "--", "true", timeout=120)
         durations.append(time.monotonic() - began)
         assert local.code == 0, local
+    print(f"worker={worker}: attached local launches took {durations}")
     if worker:
         assert max(durations) < LOCAL_PROMPT_SECONDS, durations
         record = queue_json(slurm_sky)[waiting]
