@@ -66,6 +66,7 @@ DISABLE_CHOICES = frozenset(
         "capacity",
         "secretfile",
         "slurm_lookup",
+        "slurm_worker",
     }
 )
 

@@ -151,6 +151,7 @@ def resolve_tasks(plan: Plan, *, create_home: bool) -> None:
     from sky_mini import spec
 
     machine: Any = None
+    slurm: Any = None  # one sinfo answer for every Slurm task of the launch
     default: str | None = None
     for index, task in enumerate(plan.tasks):
         infra = task.resources.infra
@@ -167,6 +168,12 @@ def resolve_tasks(plan: Plan, *, create_home: bool) -> None:
                 machine = local_machine(plan, task_wants_gpus(plan.tasks), create_home)
             target = machine
         plan.tasks[index] = spec.resolve(task, where, target, infra)
+        if infra != "local":
+            if slurm is None:
+                from sky_mini.server.backends.slurm.capacity import PartitionCheck
+
+                slurm = PartitionCheck(configured_partition(create_home))
+            slurm.check(plan.tasks[index], where, infra)
         plan.infras.append(infra)
 
 
@@ -176,6 +183,13 @@ def configured_infra(create_home: bool) -> str:
     from sky_mini.config import load_settings
 
     return load_settings(client.open_home(create=create_home)).infra or DEFAULT_INFRA
+
+
+def configured_partition(create_home: bool) -> str | None:
+    from sky_mini import client
+    from sky_mini.config import load_settings
+
+    return load_settings(client.open_home(create=create_home)).slurm_partition
 
 
 def task_wants_gpus(tasks: Sequence[Any]) -> bool:

@@ -39,7 +39,7 @@ def register_backend_fds(server: Server) -> None:
     """Wait on the backend's descriptors and on every tied child's sentinel."""
     assert server.backend is not None
     registered = {key.fd for key in server.selector.get_map().values()}
-    for fd in server.backend.filenos():
+    for fd in [*server.backend.filenos(), *server.remote.filenos()]:
         if fd not in registered:
             server.selector.register(fd, selectors.EVENT_READ, "backend")
     register_child_sentinels(server, registered)

@@ -336,10 +336,14 @@ class Server:
             record.slurm_job_id = str(data["slurm_job_id"])
         if event.kind in ("pending", "submitted"):  # a cluster's queue: still PENDING here
             record.reason = data.get("reason", record.reason)
+            record.executor = data.get("executor", record.executor)
             self.save_job(record, durable=event.kind == "submitted")
+        elif event.kind == "unsubmitted":  # never reached the cluster: dispatched again
+            record.executor, record.reason = None, data.get("reason")
+            self.save_job(record, durable=False)
         elif event.kind == "started":
             record.status = JobStatus.RUNNING if data.get("phase") == "run" else JobStatus.STARTING
-            record.started_at = record.started_at or now
+            record.started_at = record.started_at or data.get("started_at") or now
             record.pid = data.get("pid")
             record.pgid = data.get("pgid")
             record.pid_create_time = data.get("create_time")
@@ -361,7 +365,7 @@ class Server:
             )
             if data.get("peak_memory_bytes"):
                 record.peak_memory_bytes = int(data["peak_memory_bytes"])
-            record.started_at = record.started_at or now
+            record.started_at = record.started_at or data.get("started_at") or now
             log.info(
                 "job %d %s%s",
                 record.id,

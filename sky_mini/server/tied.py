@@ -182,6 +182,38 @@ def reaped_elsewhere() -> list[int]:
     return [pid for pid, c in _children.items() if c.process.exitcode is not None]
 
 
+# Children a server thread (the Slurm tools worker) started with subprocess and waits for
+# itself: the loop must leave them to it, or subprocess would see ECHILD and report exit 0.
+# The thread holds THREAD_CHILDREN_LOCK from before the fork until the PID is added.
+THREAD_CHILDREN_LOCK = threading.Lock()
+_thread_children: set[int] = set()
+
+
+def own_thread_child(pid: int) -> None:
+    """Under ``THREAD_CHILDREN_LOCK``: ``pid`` is reaped by the thread that started it."""
+    _thread_children.add(pid)
+
+
+def release_thread_child(pid: int) -> None:
+    with THREAD_CHILDREN_LOCK:
+        _thread_children.discard(pid)
+
+
+def _forget_thread_children() -> None:
+    """In a forked child: a fresh lock (the worker may have held it at the fork), no PIDs."""
+    global THREAD_CHILDREN_LOCK
+    THREAD_CHILDREN_LOCK = threading.Lock()
+    _thread_children.clear()
+
+
+os.register_at_fork(after_in_child=_forget_thread_children)
+
+
+def is_thread_child(pid: int) -> bool:
+    with THREAD_CHILDREN_LOCK:
+        return pid in _thread_children
+
+
 def reap_children(forget: Callable[[int], None], *, orphans: bool = True) -> list[tuple[int, int]]:
     """Reap every exited child without blocking: [(pid, raw wait status)].
 
@@ -222,6 +254,8 @@ def reap_children(forget: Callable[[int], None], *, orphans: bool = True) -> lis
             if not reap_own(pid):
                 break  # cannot happen (it is waitable); never spin on it
             continue
+        if is_thread_child(pid):
+            break  # its thread reaps it within moments; the rest wait for the next tick
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:

@@ -85,6 +85,21 @@ def slurm_sky(sky: SkyMini, slurm_cluster: Cluster) -> Iterator[SkyMini]:
         cancel_home_jobs(slurm_cluster, f"sky-mini-{sky.key}-")
 
 
+def dead_controller_conf(cluster: Cluster, directory: str) -> str:
+    """A copy of the cluster's slurm.conf pointing at a port nobody listens on: every Slurm
+    tool then fails after its own retries (9-18 s on 22.05)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bogus = os.path.join(directory, "dead-controller.conf")
+    with open(cluster.conf) as src, open(bogus, "w") as dst:
+        for line in src:
+            dst.write(f"SlurmctldPort={port}\n" if line.startswith("SlurmctldPort=") else line)
+    return bogus
+
+
 def cancel_home_jobs(cluster: Cluster, prefix: str) -> None:
     def ours(states: str) -> list[str]:
         out = cluster.run("squeue", "-h", "-t", states, "-o", "%i|%j").stdout

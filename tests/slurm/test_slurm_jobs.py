@@ -7,13 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.helpers import SkyMini, pid_alive, wait_for
-from tests.slurm.conftest import Cluster
+from tests.slurm.conftest import Cluster, dead_controller_conf
 
 JOB_TIMEOUT = 90.0
+LOCAL_PROMPT_SECONDS = 4.0  # a local `true`, attached: ~0.3 s measured at load 35; inline ~9 s
 
 
 def launch(sky: SkyMini, *args: str) -> int:
@@ -56,6 +58,10 @@ def test_success_and_exit_codes(slurm_sky: SkyMini, slurm_cluster: Cluster) -> N
     assert record["status"] == "SUCCEEDED" and record["exit_code"] == 0
     assert record["infra"] == "slurm" and str(record["slurm_job_id"]).isdigit()
     assert int(record["peak_memory_bytes"] or 0) > 0  # the step cgroup's peak, via the wrapper
+    shown = slurm_cluster.run("scontrol", "show", "job", str(record["slurm_job_id"])).stdout
+    start = shown.split("StartTime=", 1)[1].split()[0]
+    slurm_start = time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S"))
+    assert record["started_at"] == slurm_start, (record, shown)  # Slurm's own start time
     queue = slurm_sky.run("jobs", "queue", "--all", check=True).out
     assert f"slurm:{record['slurm_job_id']}" in queue
     assert slurm_sky.run("jobs", "wait", str(ok), timeout=JOB_TIMEOUT).code == 0
@@ -129,8 +135,35 @@ def test_cancel_pending_and_queueing_reason(slurm_sky: SkyMini, slurm_cluster: C
     assert "second" in slurm_sky.run("jobs", "logs", str(second), "--no-follow").out
 
 
-def test_job_bigger_than_any_node_is_refused(slurm_sky: SkyMini, slurm_cluster: Cluster) -> None:
-    job = launch(slurm_sky, "--cpus", "64", "--", "true")
+def test_job_bigger_than_the_partition_is_refused_at_submit(
+    slurm_sky: SkyMini, slurm_cluster: Cluster
+) -> None:
+    """sinfo at submit: exit 2, the key and the cluster's figure, nothing recorded."""
+    cases = [
+        (("--cpus", "64"), "resources.cpus", "at most 2"),
+        (("--memory", "64G"), "resources.memory", "at most 4096 MB"),
+    ]
+    for flags, key, figure in cases:
+        for mode in ("--async", "--dry-run"):
+            result = slurm_sky.run("jobs", "launch", mode, "--infra", "slurm", *flags, "--", "true")
+            assert result.code == 2, (result, slurm_cluster.said())
+            assert key in result.err and figure in result.err and "'debug'" in result.err
+            assert "Traceback" not in result.err
+    unknown = slurm_sky.run("jobs", "launch", "--async", "--infra", "slurm/nope", "--", "true")
+    assert unknown.code == 2 and "no partition 'nope' (it has: debug)" in unknown.err, unknown
+    assert queue_json(slurm_sky) == {}
+    fits = slurm_sky.run(
+        "jobs", "launch", "--dry-run", "--infra", "slurm", "--cpus", "2", "--", "true"
+    )
+    assert fits.code == 0 and "warning" not in fits.err, fits
+
+
+def test_job_sbatch_refuses_is_failed_setup(slurm_sky: SkyMini, slurm_cluster: Cluster) -> None:
+    """What sinfo cannot foresee (here a node feature no node has) is sbatch's to refuse."""
+    os.makedirs(slurm_sky.home, exist_ok=True)
+    with open(os.path.join(slurm_sky.home, "config.yaml"), "w") as handle:
+        handle.write("slurm:\n  sbatch_args: ['--constraint=nosuchfeature']\n")
+    job = launch(slurm_sky, "--", "true")
     record = wait_status(slurm_sky, slurm_cluster, job, ("FAILED_SETUP", "FAILED", "SUCCEEDED"))
     assert record["status"] == "FAILED_SETUP", record
     assert "sbatch refused the job" in str(record["reason"])
@@ -209,17 +242,12 @@ def test_api_status_shows_controller_then_exit_4_when_unreachable(
     assert row["slurm"]["nodes"] == {"idle": 1} and row["slurm"]["version"].startswith("slurm")
     assert slurm_sky.run("api", "stop", timeout=60).code == 0
     # The same home against a controller nobody listens on (a free port).
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    bogus = os.path.join(str(tmp_path), "bogus.conf")
-    with open(slurm_cluster.conf) as src, open(bogus, "w") as dst:
-        for line in src:
-            dst.write(f"SlurmctldPort={port}\n" if line.startswith("SlurmctldPort=") else line)
+    bogus = dead_controller_conf(slurm_cluster, str(tmp_path))
     slurm_sky.extra_env["SLURM_CONF"] = bogus
-    waiting = launch(slurm_sky, "--", "true")
+    submitted = slurm_sky.run("jobs", "launch", "--async", "--infra", "slurm", "--", "true")
+    assert submitted.code == 0, submitted  # recorded anyway, with one warning line
+    assert submitted.err.count("warning: could not ask the Slurm cluster") == 1, submitted
+    waiting = int(submitted.out.strip())
 
     def waiting_for_controller() -> bool:
         record = queue_json(slurm_sky)[waiting]
@@ -232,3 +260,30 @@ def test_api_status_shows_controller_then_exit_4_when_unreachable(
 
     wait_for(degraded, 90, "api status exit 4 while the controller is unreachable")
     assert "controller unreachable" in slurm_sky.run("api", "status").out
+
+
+@pytest.mark.parametrize("worker", [True, False], ids=["worker", "inline-negative-control"])
+def test_local_jobs_run_promptly_while_the_controller_is_unreachable(
+    slurm_sky: SkyMini, slurm_cluster: Cluster, tmp_path: os.PathLike[str], worker: bool
+) -> None:
+    """Slurm's tools take 9-18 s to fail against a dead controller; they run in the Slurm
+    backend's thread, so a local job still starts at once. Negative control: with the calls
+    inline in the tick loop (SKY_MINI_DISABLE=slurm_worker) the same local job waits."""
+    slurm_sky.extra_env["SLURM_CONF"] = dead_controller_conf(slurm_cluster, str(tmp_path))
+    if not worker:
+        slurm_sky.extra_env["SKY_MINI_DISABLE"] = "slurm_worker"
+    waiting = launch(slurm_sky, "--", "true")  # auto-starts the server, which tries sbatch
+    wait_for(slurm_sky.status_ok, 60, "the server up")
+    durations = []
+    for _ in range(2):
+        began = time.monotonic()
+        local = slurm_sky.run("jobs", "launch", "--infra", "local", "--", "true", timeout=120)
+        durations.append(time.monotonic() - began)
+        assert local.code == 0, local
+    print(f"worker={worker}: attached local launches took {durations}")
+    if worker:
+        assert max(durations) < LOCAL_PROMPT_SECONDS, durations
+        record = queue_json(slurm_sky)[waiting]
+        assert record["status"] == "PENDING", record
+    else:
+        assert max(durations) > LOCAL_PROMPT_SECONDS, durations  # the check can fail

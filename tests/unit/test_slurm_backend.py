@@ -21,6 +21,7 @@ class FakeSlurm:
         self.calls: list[list[str]] = []
         self.next_id = 100
         self.fail_squeue = False
+        self.start_times: dict[str, str] = {}  # id -> StartTime as squeue prints it
 
     def __call__(self, argv: Sequence[str], stdin: str | None) -> ToolResult:
         argv = list(argv)
@@ -46,7 +47,10 @@ class FakeSlurm:
                 rows = [(i, j) for i, j in self.jobs.items() if j[0] in names]
             if not rows and "-j" in argv:
                 return ToolResult(1, "", "slurm_load_jobs error: Invalid job id specified")
-            out = "".join(f"{i}|{s}|{r}|{st}|{n}|\n" for i, (n, s, r, st) in rows)
+            out = "".join(
+                f"{i}|{s}|{r}|{st}|{n}|{self.start_times.get(i, 'N/A')}|\n"
+                for i, (n, s, r, st) in rows
+            )
             return ToolResult(0, out, "")
         if tool == "scontrol":
             return ToolResult(1, "", "slurm_load_jobs error: Invalid job id specified")
@@ -84,7 +88,7 @@ def make_backend(home: str, fake: FakeSlurm, clock: FakeClock, **kw: object) -> 
         grace_seconds=3.0,
         tools=SlurmTools(fake),
         clock=clock,
-        **kw,  # type: ignore[arg-type]
+        **{"threaded": False, **kw},  # type: ignore[arg-type]
     )
     backend.start()
     return backend
@@ -334,3 +338,75 @@ def test_unreachable_controller_at_submit_is_retried_not_failed(
     backend.tools.runner = real
     assert backend.free_slots() > 0
     assert backend.launch(make_record(home, 1), {}) == "slurm:101"
+
+
+def test_threaded_backend_never_blocks_the_caller(tmp_path: os.PathLike[str]) -> None:
+    """A Slurm tool that hangs (an unreachable controller) holds up only the worker: launch,
+    stop and poll return at once; the answers arrive later as events, with a wake byte."""
+    import select
+    import threading
+    import time
+
+    from tests.helpers import wait_for
+
+    home, fake = str(tmp_path), FakeSlurm()
+    release = threading.Event()
+
+    def slow(argv: Sequence[str], stdin: str | None) -> ToolResult:
+        if argv[0] == "sbatch":
+            release.wait(60)
+        return fake(argv, stdin)
+
+    backend = make_backend(home, fake, FakeClock(), threaded=True)
+    backend.tools = SlurmTools(slow)
+    began = time.monotonic()
+    assert backend.poll() == []  # starts the worker
+    assert backend.launch(make_record(home, 1), {}) == "slurm:submitting"
+    backend.stop(1, "cancel", 3.0)
+    assert backend.poll() == []
+    assert time.monotonic() - began < 5  # sbatch is still blocked in the worker
+    assert fake.count("sbatch") == 0
+    release.set()
+    wait_for(lambda: select.select([backend.filenos()[0]], [], [], 0)[0], 30, "a wake byte")
+    events: list[object] = []
+    wait_for(lambda: events.extend(backend.poll()) or any(  # type: ignore[func-returns-value]
+        getattr(e, "kind", "") == "submitted" for e in events
+    ), 30, "the submitted event")  # fmt: skip
+    submitted = next(e for e in events if getattr(e, "kind", "") == "submitted")
+    assert submitted.data["slurm_job_id"] == "101"  # type: ignore[attr-defined]
+    wait_for(lambda: fake.count("scancel") == 1, 30, "the queued cancel to reach scancel")
+
+
+def test_started_at_is_slurms_start_time(tmp_path: os.PathLike[str]) -> None:
+    import time
+
+    home, fake, clock = str(tmp_path), FakeSlurm(), FakeClock()
+    backend = make_backend(home, fake, clock)
+    backend.launch(make_record(home, 1), {})
+    backend.launch(make_record(home, 2), {})
+    fake.jobs["101"] = ("sky-mini-abc-1", "RUNNING", "None", 0)
+    fake.jobs["102"] = ("sky-mini-abc-2", "COMPLETED", "None", 0)  # never seen running
+    fake.start_times.update({"101": "2026-12-01T21:42:02", "102": "2026-12-01T21:43:00"})
+    clock.now += POLL_MAX_SECONDS
+    events = {e.job_id: e for e in backend.poll()}
+    expected = time.mktime(time.strptime("2026-12-01T21:42:02", "%Y-%m-%dT%H:%M:%S"))
+    assert events[1].kind == "started" and events[1].data["started_at"] == expected
+    assert events[2].kind == "finished" and events[2].data["started_at"] == expected + 58
+
+
+def test_cancel_while_sbatch_cannot_reach_the_controller(tmp_path: os.PathLike[str]) -> None:
+    """The cancel that arrives while the failing sbatch is in flight is not lost: the job,
+    sent back PENDING, ends CANCELLED (the loop would otherwise dispatch it again)."""
+    home = str(tmp_path)
+
+    def unreachable(argv: Sequence[str], stdin: str | None) -> ToolResult:
+        return ToolResult(1, "", "sbatch: error: Unable to contact slurm controller")
+
+    backend = make_backend(home, FakeSlurm(), FakeClock(), threaded=True)
+    backend.tools = SlurmTools(unreachable)
+    backend.launch(make_record(home, 1), {})
+    backend.stop(1, "cancel", 3.0)
+    backend.work()  # the worker's round, run here to see both in order
+    kinds = [(e.kind, e.data.get("status")) for e in backend.poll()]
+    assert kinds == [("unsubmitted", None), ("finished", "CANCELLED")], kinds
+    assert [n for n in os.listdir(os.path.join(home, "slurm")) if n.startswith("job-")] == []

@@ -202,3 +202,17 @@ def test_pending_for_ever_is_refused() -> None:
     decision = decide(SlurmJob("1", "PENDING", reason="PartitionConfig"), ctx())
     assert decision.kind == "refused" and decision.status is JobStatus.FAILED_SETUP
     assert "PartitionConfig" in (decision.reason or "")
+
+
+def test_start_time_only_once_it_ran() -> None:
+    text = (
+        "5|RUNNING|None|0|n|2026-12-01T21:42:02|\n"
+        "6|PENDING|Resources|0|n|2026-12-01T22:42:05|\n"
+        "7|COMPLETED|None|0|n|N/A|\n"
+    )
+    jobs = states.parse_squeue(text)
+    assert jobs["5"].start_time is not None and jobs["5"].start_time > 0
+    assert jobs["6"].start_time is None  # a pending job's StartTime is Slurm's estimate
+    assert jobs["7"].start_time is None
+    shown = states.parse_scontrol("JobId=9 JobName=x JobState=FAILED StartTime=2026-12-01T21:42:02")
+    assert shown["9"].start_time == jobs["5"].start_time

@@ -56,6 +56,9 @@ class RemoteBackends:
             events.extend(backend.poll())
         return events
 
+    def filenos(self) -> list[int]:
+        return [fd for backend in self.by_kind.values() for fd in backend.filenos()]
+
     def components(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for backend in self.by_kind.values():

@@ -7,6 +7,10 @@
 - ``poll``: one ``squeue`` for every tracked job per poll, on a backing-off schedule; jobs
   missing from it get their outcome from the wrapper's exit record (Slurm forgets finished
   jobs after ``MinJobAge``), else after ``LOST_GRACE_SECONDS`` ``KILLED supervisor_lost``.
+- Every tool call runs in the backend's own thread (:mod:`.worker`): ``launch`` and
+  ``stop`` queue a command and return, ``poll`` hands back what the thread produced, so a
+  controller that takes 18 s to fail never holds up the tick loop. ``SKY_MINI_DISABLE=
+  slurm_worker`` (test-only negative control) runs them inline in the loop, as before.
 - ``stop``: cancel only (work handed to Slurm belongs to Slurm: a server shutdown leaves it
   running). Record the intent, then ``scancel --batch --signal=TERM`` so the wrapper's
   TERM → grace → KILL runs, with a plain ``scancel`` as the backstop.
@@ -15,9 +19,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ from sky_mini.server.backends.base import BackendEvent
 from sky_mini.server.backends.slurm import states, submit
 from sky_mini.server.backends.slurm.poller import PollSchedule
 from sky_mini.server.backends.slurm.tools import QueryFailed, SlurmTools
+from sky_mini.server.backends.slurm.worker import DeferredLog, Worker
 from sky_mini.state import atomic_write_json, read_json
 
 log = logging.getLogger("sky_mini.server.slurm")
@@ -37,6 +45,13 @@ CANCEL_BACKSTOP_EXTRA_SECONDS = 5.0
 PROBE_INTERVAL_SECONDS = 30.0
 SUBMIT_RETRY_SECONDS = 15.0  # after sbatch could not reach the controller
 UNREACHABLE_MARKERS = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes")
+WAITING_FOR_CONTROLLER = "waiting for the Slurm controller (sbatch cannot reach it); see api status"
+CANCELLED_BEFORE_START = {
+    "status": JobStatus.CANCELLED.value,
+    "reason": "cancelled by user before it started",
+    "reason_code": ReasonCode.CANCELLED.value,
+    "exit_code": None,
+}
 FAULT_ENV = "SKY_MINI_SLURM_FAULT"  # test only: "after_sbatch" exits the server right there
 
 
@@ -73,6 +88,7 @@ class SlurmBackend:
         disabled: frozenset[str] = frozenset(),
         tools: SlurmTools | None = None,
         clock: Callable[[], float] = time.time,
+        threaded: bool = True,
     ) -> None:
         self.home = home
         self.key = key
@@ -90,6 +106,18 @@ class SlurmBackend:
         self.controller: dict[str, Any] = {"reachable": None}
         self.next_probe = 0.0
         self.submit_retry_at = 0.0
+        self.log = DeferredLog(log)
+        # Unthreaded (unit tests drive it step by step; "slurm_worker" disabled, the
+        # negative control): every tool call runs in the caller, blocking the loop.
+        self.inline = not threaded or "slurm_worker" in disabled
+        self.lock = threading.Lock()  # guards commands and outbox (loop <-> worker)
+        self.commands: list[tuple[Any, ...]] = []
+        self.outbox: list[BackendEvent] = []
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.worker = Worker(self.work, self.log)
+        self.unsubmitted: set[int] = set()  # sent back PENDING by the worker (not in jobs)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -100,10 +128,12 @@ class SlurmBackend:
         shutil.copyfile(source, tmp)
         os.chmod(tmp, 0o700)
         os.replace(tmp, self.wrapper_path)
-        self.probe(self.clock())
+        if self.inline:
+            self.probe(self.clock())  # else the worker's first step probes
 
     def filenos(self) -> list[int]:
-        return []
+        """The worker's wake-up pipe: readable when it has events for the loop."""
+        return [] if self.inline else [self.wake_r]
 
     def free_slots(self) -> int:
         """Slurm queues (its pending reason says why a job waits); none while sbatch cannot
@@ -158,6 +188,34 @@ class SlurmBackend:
         return tracked
 
     def launch(self, job: JobRecord, payload: dict[str, Any]) -> str:
+        """Queue the submit for the worker (the answer comes back as a ``submitted``,
+        ``unsubmitted`` or ``finished`` event); inline: submit now."""
+        if self.inline:
+            return self.submit(job, payload)
+        self.enqueue(("launch", copy.copy(job), payload))
+        return "slurm:submitting"
+
+    def enqueue(self, command: tuple[Any, ...]) -> None:
+        with self.lock:
+            self.commands.append(command)
+        self.worker.kick()
+
+    def submit_command(self, job: JobRecord, payload: dict[str, Any]) -> None:
+        where = self.submit(job, payload)
+        self.unsubmitted.discard(job.id)
+        if not where:
+            self.unsubmitted.add(job.id)
+            data: dict[str, Any] = {"reason": WAITING_FOR_CONTROLLER}
+            self.events.append(BackendEvent("unsubmitted", job.id, data))
+        elif job.slurm_job_id:
+            data = {"slurm_job_id": job.slurm_job_id, "executor": where}
+            self.events.append(BackendEvent("submitted", job.id, data))
+
+    def submit(self, job: JobRecord, payload: dict[str, Any]) -> str:
+        """sbatch one job. Returns where it runs, ``""`` if certainly not submitted (the
+        controller is unreachable: it stays PENDING and is tried again)."""
+        if self.clock() < self.submit_retry_at:
+            return ""
         tracked = self.track(job)
         files = tracked.files
         task = job.task
@@ -199,9 +257,7 @@ class SlurmBackend:
                 return "slurm:submitting"
             if any(marker in result.stderr for marker in UNREACHABLE_MARKERS):
                 # Certainly not submitted: stays PENDING here, tried again later.
-                self.jobs.pop(job.id, None)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.state_path(job.id))
+                self.forget(tracked)  # also its environment file (it may hold secrets)
                 self.submit_retry_at = self.clock() + SUBMIT_RETRY_SECONDS
                 self.note_unreachable(result.message())
                 self.next_probe = self.submit_retry_at
@@ -212,7 +268,7 @@ class SlurmBackend:
         job.slurm_job_id = slurm_id
         self.write_state(tracked, "submitted")
         self.schedule.hurry(self.clock())
-        log.info("job %d submitted to Slurm as job %s", job.id, slurm_id)
+        self.log.info("job %d submitted to Slurm as job %s", job.id, slurm_id)
         return f"slurm:{slurm_id}"
 
     def forget(self, tracked: Tracked) -> None:
@@ -263,14 +319,16 @@ class SlurmBackend:
             try:
                 found = self.tools.squeue_by_name([name])
             except QueryFailed as exc:
-                log.warning("cannot look job %d up in Slurm (%s); will retry", job.id, exc)
+                self.log.warning("cannot look job %d up in Slurm (%s); will retry", job.id, exc)
                 tracked.lookup_by_name = True
                 return True
             if found:
                 slurm_id = sorted(found, key=int)[-1]
                 tracked.slurm_job_id = job.slurm_job_id = slurm_id
                 self.write_state(tracked, "submitted")
-                log.info("job %d found in Slurm by name as job %s (re-attached)", job.id, slurm_id)
+                self.log.info(
+                    "job %d found in Slurm by name as job %s (re-attached)", job.id, slurm_id
+                )
                 return True
             if os.path.exists(tracked.files.started_path):
                 return True  # it ran and Slurm forgot it: the exit record decides
@@ -280,9 +338,20 @@ class SlurmBackend:
     # -- cancel ----------------------------------------------------------------------
 
     def stop(self, job_id: int, reason: str, grace: float) -> None:
-        tracked = self.jobs.get(job_id)
-        if tracked is None or reason != "cancel":
+        if reason != "cancel":
             return  # a shutdown leaves Slurm's work running
+        if self.inline:
+            self.cancel(job_id)
+        else:
+            self.enqueue(("cancel", job_id))
+
+    def cancel(self, job_id: int) -> None:
+        tracked = self.jobs.get(job_id)
+        if tracked is None:
+            if job_id in self.unsubmitted:  # cancelled while its sbatch failed: never ran
+                self.unsubmitted.discard(job_id)
+                self.events.append(BackendEvent("finished", job_id, CANCELLED_BEFORE_START))
+            return
         now = self.clock()
         first = not tracked.cancel_requested
         tracked.cancel_requested = True
@@ -301,18 +370,48 @@ class SlurmBackend:
         else:
             result = self.tools.run(["scancel", tracked.slurm_job_id])
         if not result.ok:
-            log.warning("scancel %s: %s", tracked.slurm_job_id, result.message())
+            self.log.warning("scancel %s: %s", tracked.slurm_job_id, result.message())
 
     # -- poll ------------------------------------------------------------------------
 
     def poll(self) -> list[BackendEvent]:
+        """What the worker produced since the last call (inline: one round of I/O now)."""
+        if self.inline:
+            self.work()
+        elif not self.worker.started:
+            self.worker.start()  # first poll: after restart's adopt, in the loop
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 4096):
+                pass
+        self.log.flush()
+        with self.lock:
+            events, self.outbox = self.outbox, []
+        return events
+
+    def work(self) -> float:
+        """One round of Slurm I/O (the worker thread; inline, the loop): queued submits and
+        cancels, then the poll and the probe when due. Returns seconds until one is due."""
+        with self.lock:
+            commands, self.commands = self.commands, []
+        for command in commands:
+            if command[0] == "launch":
+                self.submit_command(command[1], command[2])
+            elif command[0] == "cancel":
+                self.cancel(command[1])
         now = self.clock()
         if self.jobs and self.schedule.due(now):
             self.poll_once(now)
         if now >= self.next_probe:
             self.probe(now)
-        events, self.events = self.events, []
-        return events
+        if self.events or self.log.lines:
+            with self.lock:
+                self.outbox.extend(self.events)
+            self.events = []
+            if not self.inline:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self.wake_w, b"\0")
+        due = min(self.next_probe, self.schedule.next_at if self.jobs else math.inf)
+        return due - self.clock()
 
     def poll_once(self, now: float) -> None:
         self.resolve_names()
@@ -322,7 +421,7 @@ class SlurmBackend:
         except QueryFailed as exc:
             self.schedule.failed(now)
             self.note_unreachable(str(exc))
-            log.warning(
+            self.log.warning(
                 "squeue failed (%s); no job changes, next try in %gs", exc, self.schedule.interval
             )
             return
@@ -374,12 +473,14 @@ class SlurmBackend:
         )
         decision = states.decide(job, ctx)
         if decision.note:
-            log.warning(
+            self.log.warning(
                 "job %d (Slurm %s): %s", tracked.job_id, tracked.slurm_job_id, decision.note
             )
         if job is None and decision.kind == "none":
             return self.note_absent(tracked, now)
         tracked.absent_since = None
+        if job is not None and job.start_time:
+            tracked.extra["started_at"] = job.start_time
         if decision.kind == "pending":
             if decision.reason != tracked.last_reason:
                 tracked.last_reason = decision.reason
@@ -390,7 +491,9 @@ class SlurmBackend:
             return False
         if decision.kind == "running":
             if tracked.cancel_backstop_at is not None and now >= tracked.cancel_backstop_at:
-                log.warning("job %d still runs after its cancel's grace: scancel", tracked.job_id)
+                self.log.warning(
+                    "job %d still runs after its cancel's grace: scancel", tracked.job_id
+                )
                 self.tools.run(["scancel", str(tracked.slurm_job_id)])
                 tracked.cancel_backstop_at = None
             # The wrapper says whether setup or run is under way (STARTING vs RUNNING).
@@ -401,11 +504,13 @@ class SlurmBackend:
                 tracked.running = True
                 tracked.extra["phase"] = phase
                 data = {"phase": phase, "executor": f"slurm:{tracked.slurm_job_id}"}
+                if job is not None and job.start_time:
+                    data["started_at"] = job.start_time  # Slurm's own, not when we looked
                 self.events.append(BackendEvent("started", tracked.job_id, data))
                 return True
             return False
         if decision.kind == "refused":
-            log.warning(
+            self.log.warning(
                 "job %d: %s; scancel %s", tracked.job_id, decision.reason, tracked.slurm_job_id
             )
             self.tools.run(["scancel", str(tracked.slurm_job_id)])
@@ -458,6 +563,7 @@ class SlurmBackend:
                     "exit_code": decision.exit_code,
                     "slurm_job_id": tracked.slurm_job_id,
                     "peak_memory_bytes": tracked.extra.get("peak_memory_bytes"),
+                    "started_at": tracked.extra.get("started_at"),
                 },
             )
         )
@@ -465,33 +571,17 @@ class SlurmBackend:
     # -- status ----------------------------------------------------------------------
 
     def note_unreachable(self, message: str) -> None:
-        self.controller.update(reachable=False, error=message)
+        # A new dict, never updated in place: components() reads it from the loop.
+        self.controller = {**self.controller, "reachable": False, "error": message}
 
     def probe(self, now: float) -> None:
         """Controller reachable? Its version, partitions and node states, for api status."""
         self.next_probe = now + PROBE_INTERVAL_SECONDS
-        result = self.tools.run(["sinfo", "-h", "-N", "-o", "%N|%P|%T"])
-        if not result.ok:
-            self.note_unreachable(result.message())
-            return
-        nodes: dict[str, int] = {}
-        partitions: set[str] = set()
-        for line in result.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 3:
-                partitions.add(parts[1])
-                nodes[parts[2]] = nodes.get(parts[2], 0) + 1
-        version = self.controller.get("version")
-        if version is None:
-            answer = self.tools.run(["sinfo", "--version"])
-            version = answer.stdout.strip() if answer.ok else None
-        self.controller = {
-            "reachable": True,
-            "version": version,
-            "partitions": sorted(partitions),
-            "nodes": nodes,
-            "error": None,
-        }
+        info = self.tools.controller_info(self.controller.get("version"))
+        if isinstance(info, str):
+            self.note_unreachable(info)
+        else:
+            self.controller = info
 
     def components(self) -> list[dict[str, Any]]:
         reachable = self.controller.get("reachable")

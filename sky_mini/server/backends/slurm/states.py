@@ -59,7 +59,7 @@ HOPELESS_REASONS = frozenset(
         "QOSJobLimit",
     }
 )
-SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:|"
+SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:|,StartTime:|"
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class SlurmJob:
     exit_code_text: str | None = None  # "CODE:SIGNAL" as scontrol prints it
     name: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    start_time: float | None = None  # Slurm's StartTime, once it ran (epoch seconds)
 
     def exit_code_and_signal(self) -> tuple[int | None, int | None]:
         if self.exit_code_text and ":" in self.exit_code_text:
@@ -99,6 +100,19 @@ def normalize_state(raw: str) -> str:
     return text
 
 
+def parse_start_time(text: str | None, state: str) -> float | None:
+    """``2026-12-01T21:42:02`` (``SLURM_TIME_FORMAT=standard``, this host's time zone) →
+    epoch seconds; only for a job that ran (a pending job's StartTime is an estimate)."""
+    if not text or state in PENDING_STATES or not state:
+        return None
+    import time
+
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:  # "N/A", "Unknown", another format: no start time
+        return None
+
+
 def parse_squeue(text: str) -> dict[str, SlurmJob]:
     """Lines of ``SQUEUE_FORMAT`` output → jobs by Slurm ID (malformed lines skipped)."""
     jobs: dict[str, SlurmJob] = {}
@@ -107,12 +121,14 @@ def parse_squeue(text: str) -> dict[str, SlurmJob]:
         if len(parts) < 2 or not parts[0].strip().isdigit():
             continue
         status = parts[3].strip() if len(parts) > 3 else ""
+        state = normalize_state(parts[1])
         jobs[parts[0].strip()] = SlurmJob(
             job_id=parts[0].strip(),
-            state=normalize_state(parts[1]),
+            state=state,
             reason=(parts[2].strip() or None) if len(parts) > 2 else None,
             exit_status=int(status) if status.lstrip("-").isdigit() else None,
             name=(parts[4].strip() or None) if len(parts) > 4 else None,
+            start_time=parse_start_time(parts[5], state) if len(parts) > 5 else None,
         )
     return jobs
 
@@ -129,13 +145,15 @@ def parse_scontrol(text: str) -> dict[str, SlurmJob]:
         if not job_id.isdigit():
             continue
         reason = pairs.get("Reason")
+        state = normalize_state(pairs.get("JobState", ""))
         jobs[job_id] = SlurmJob(
             job_id=job_id,
-            state=normalize_state(pairs.get("JobState", "")),
+            state=state,
             reason=None if reason in (None, "None", "(null)") else reason,
             exit_code_text=pairs.get("ExitCode"),
             name=pairs.get("JobName"),
             extra=pairs,
+            start_time=parse_start_time(pairs.get("StartTime"), state),
         )
     return jobs
 

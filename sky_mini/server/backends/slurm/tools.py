@@ -13,6 +13,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sky_mini.server.backends.slurm.states import (
     SQUEUE_FORMAT,
@@ -43,23 +44,39 @@ Runner = Callable[[Sequence[str], "str | None"], ToolResult]
 
 
 def run_subprocess(argv: Sequence[str], stdin: str | None = None) -> ToolResult:
+    """Run one tool to its end (any thread). The child is registered with the server's
+    reaper as this thread's own, so the tick loop never reaps it from under us."""
+    from sky_mini.server import tied
+
     exe = shutil.which(argv[0])
     if exe is None:
         return ToolResult(127, "", f"{argv[0]}: not found on PATH (install slurm-client)")
     try:
-        done = subprocess.run(
-            [exe, *argv[1:]],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=TOOL_TIMEOUT_SECONDS,
-            env=dict(os.environ, SLURM_TIME_FORMAT="standard"),
-        )
-    except subprocess.TimeoutExpired:
-        return ToolResult(124, "", f"{argv[0]} did not answer within {TOOL_TIMEOUT_SECONDS:g}s")
+        with tied.THREAD_CHILDREN_LOCK:
+            proc = subprocess.Popen(
+                [exe, *argv[1:]],
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ, SLURM_TIME_FORMAT="standard"),
+            )
+            tied.own_thread_child(proc.pid)
     except OSError as exc:
         return ToolResult(126, "", f"{argv[0]}: {exc}")
-    return ToolResult(done.returncode, done.stdout, done.stderr)
+    try:
+        try:
+            out, err = proc.communicate(stdin, timeout=TOOL_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # our own child, by the handle we started it with
+            proc.communicate()
+            return ToolResult(124, "", f"{argv[0]} did not answer within {TOOL_TIMEOUT_SECONDS:g}s")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        tied.release_thread_child(proc.pid)
+    return ToolResult(proc.returncode, out, err)
 
 
 class QueryFailed(Exception):
@@ -102,3 +119,27 @@ class SlurmTools:
                 return None
             raise QueryFailed(result.message())
         return parse_scontrol(result.stdout).get(slurm_id)
+
+    def controller_info(self, version: str | None) -> dict[str, Any] | str:
+        """For ``api status``: the controller's version, partitions and node states, or why
+        it could not be asked. ``version`` known from an earlier probe is not asked again."""
+        result = self.run(["sinfo", "-h", "-N", "-o", "%N|%P|%T"])
+        if not result.ok:
+            return result.message()
+        nodes: dict[str, int] = {}
+        partitions: set[str] = set()
+        for line in result.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                partitions.add(parts[1])
+                nodes[parts[2]] = nodes.get(parts[2], 0) + 1
+        if version is None:
+            answer = self.run(["sinfo", "--version"])
+            version = answer.stdout.strip() if answer.ok else None
+        return {
+            "reachable": True,
+            "version": version,
+            "partitions": sorted(partitions),
+            "nodes": nodes,
+            "error": None,
+        }
