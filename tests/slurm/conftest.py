@@ -62,6 +62,8 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         [SLURM_DEV, "start", "--dir", directory], capture_output=True, text=True, timeout=600
     )
     if done.returncode != 0:
+        # A start that failed half-way may have left daemons: stop what it recorded.
+        subprocess.run([SLURM_DEV, "stop", "--dir", directory], timeout=120)
         raise AssertionError(f"slurm-dev start failed:\n{done.stdout}\n{done.stderr}")
     conf = done.stdout.strip().splitlines()[-1].split("=", 1)[1]
     try:
