@@ -43,14 +43,14 @@ def watch(cmd_fd, evt_fd):
 """
 
 SERVER_SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
 from sky_mini.server import tied
 {watch}
 disabled = frozenset(os.environ.get("TIED_DISABLE", "").split(",")) - {{""}}
 children = [tied.start_tied("test {{}}".format(name), disabled, main)
             for name, main in {mains}]
 print(" ".join(str(c.pid) for c in children), flush=True)
-time.sleep(1000)
+signal.pause()  # a server that lives until the test SIGKILLs it
 """
 
 
