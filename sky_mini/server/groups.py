@@ -234,14 +234,10 @@ def end_pending(
     code: ReasonCode,
     now: float,
 ) -> None:
-    record.finish(status, now=now, reason=reason, reason_code=code.value, exit_code=None)
-    server.save_job(record)
-    server.release_job_extras(record.id)
-    server.jobs.pop(record.id, None)
-    server.active_dirty = True
-    server.status_dirty = True
+    from sky_mini.server.placement import end_unstarted
+
     log.info("job %d %s: %s", record.id, status.value, reason)
-    server.hooks.job_ended(record, now)
+    end_unstarted(server, record, status, reason, code, now)
 
 
 # --------------------------------------------------------------------------- ending

@@ -429,20 +429,11 @@ class Server:
                     job_id, "cancel", self.settings.kill_grace_seconds
                 )
             elif record.status is JobStatus.PENDING:
-                record.finish(
-                    JobStatus.CANCELLED,
-                    now=now,
-                    reason="cancelled by user before it started",
-                    reason_code=ReasonCode.CANCELLED.value,
-                    exit_code=None,
+                reason = "cancelled by user before it started"
+                placement.end_unstarted(
+                    self, record, JobStatus.CANCELLED, reason, ReasonCode.CANCELLED, now
                 )
-                self.save_job(record)
-                self.release_job_extras(job_id)
-                del self.jobs[job_id]
-                self.active_dirty = True
-                self.status_dirty = True
                 log.info("job %d CANCELLED before it started", job_id)
-                self.hooks.job_ended(record, now)
             elif self.backend is not None:
                 log.info(
                     "cancelling job %d (SIGTERM, SIGKILL after %gs)",

@@ -36,20 +36,11 @@ def dependencies_allow(server: Server, record: JobRecord, now: float) -> bool:
         server.note_waiting(record, gate.reason or "waiting")
         return False
     if gate.action == "cancel":
-        record.finish(
-            JobStatus.CANCELLED,
-            now=now,
-            reason=gate.reason,
-            reason_code=ReasonCode.DEPENDENCY_FAILED.value,
-            exit_code=None,
+        reason = gate.reason or "a job it waited for did not succeed"
+        log.info("job %d CANCELLED: %s", record.id, reason)
+        end_unstarted(
+            server, record, JobStatus.CANCELLED, reason, ReasonCode.DEPENDENCY_FAILED, now
         )
-        server.save_job(record)
-        release_job_extras(server, record.id)
-        del server.jobs[record.id]
-        server.active_dirty = True
-        server.status_dirty = True
-        log.info("job %d CANCELLED: %s", record.id, gate.reason)
-        server.hooks.job_ended(record, now)
         return False
     return True
 
@@ -107,16 +98,24 @@ def fail_never_fits(
         f"{server.capacity.cpus:g} CPU and {format_size(server.capacity.memory_bytes)}; "
         "lower resources.cpus/resources.memory"
     )
-    record.finish(
-        JobStatus.FAILED,
-        now=now,
-        reason=reason,
-        reason_code=ReasonCode.NEVER_FITS.value,
-        exit_code=None,
-    )
+    log.warning("job %d can never run here: %s", record.id, reason)
+    end_unstarted(server, record, JobStatus.FAILED, reason, ReasonCode.NEVER_FITS, now)
+
+
+def end_unstarted(
+    server: Server,
+    record: JobRecord,
+    status: JobStatus,
+    reason: str,
+    code: ReasonCode,
+    now: float,
+) -> None:
+    """End a job that never started (cancelled, a dependency failed, it can never fit):
+    record it durably, give back what it held, forget it, and run its hooks."""
+    record.finish(status, now=now, reason=reason, reason_code=code.value, exit_code=None)
     server.save_job(record)
     release_job_extras(server, record.id)
-    del server.jobs[record.id]
+    server.jobs.pop(record.id, None)
     server.active_dirty = True
-    log.warning("job %d can never run here: %s", record.id, reason)
+    server.status_dirty = True
     server.hooks.job_ended(record, now)

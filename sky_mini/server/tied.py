@@ -256,12 +256,7 @@ def reap_children(forget: Callable[[int], None], *, orphans: bool = True) -> lis
             continue
         if is_thread_child(pid):
             break  # its thread reaps it within moments; the rest wait for the next tick
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            continue
-        if done:
-            reaped.append((done, status))
+        reaped += procs.reap_pids([pid])
     return reaped
 
 
