@@ -2,22 +2,38 @@
 keep-alive connection is idle (every response complete) rather than mid-answer.
 
 Only what is certain counts: a response framed by ``Content-Length`` (or a 204/304, which has
-no body). Anything else (chunked, close-delimited, a 1xx, an unparsable head, the answer to a
-HEAD whose body never comes) leaves the connection "not known idle" for good, and the load
-balancer then treats a close from the replica as before: it closes the client too.
+no body), and whether the replica said it closes after it (``Connection: close``, or an
+HTTP/1.0 response without ``Connection: keep-alive``). Anything else (chunked,
+close-delimited, a 1xx, an unparsable or unusual head, the answer to a HEAD whose body never
+comes) leaves the connection "not known idle" for good, and the load balancer then treats a
+close from the replica as before: it closes the client too.
+A head is unusual when a line ends in a bare CR or LF, a line starts with white space
+(obs-fold), white space stands between a field name and its colon, or two Content-Length
+values differ (RFC 9112 5.1, 5.2, 6.3).
+
+Every answer byte passes through :meth:`ResponseTracker.feed`, so it works on whole chunks:
+a body is skipped by counting, a head is parsed with a few regular-expression searches in C.
 A leaf module: standard library only.
 """
 
 from __future__ import annotations
 
+import re
+
 HEAD_LIMIT = 16 * 1024
+STATUS = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: |$)")
+FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*)")
+# The three fields with white space before the colon, or a folded line: not certain.
+ODD = re.compile(rb"\r\n[ \t]|\r\n(?:content-length|transfer-encoding|connection)[ \t]+:")
 
 
 class ResponseTracker:
     """Feed it every byte a replica sends on one connection, in order."""
 
+    __slots__ = ("head", "remaining", "known", "closing")
+
     def __init__(self) -> None:
-        self.head = bytearray()
+        self.head = b""  # the start of a head whose end has not come yet
         self.remaining = 0  # body bytes still due for the current response
         self.known = True  # False once a response's framing could not be followed
         self.closing = False  # a response said "Connection: close"
@@ -28,46 +44,64 @@ class ResponseTracker:
         return self.known and not self.closing and self.remaining == 0 and not self.head
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(bytes(data))
-        while self.known and view:
-            if self.remaining:
-                taken = min(self.remaining, len(view))
-                self.remaining -= taken
-                view = view[taken:]
-                continue
-            self.head += view
-            view = memoryview(b"")
-            end = self.head.find(b"\r\n\r\n")
+        if not self.known:
+            return
+        size = len(data)
+        if self.remaining >= size:
+            self.remaining -= size
+            return
+        buf = bytes(data[self.remaining :])
+        self.remaining = 0
+        if self.head:
+            buf = self.head + buf
+            self.head = b""
+        pos, size = 0, len(buf)
+        while pos < size:
+            end = buf.find(b"\r\n\r\n", pos)
             if end < 0:
-                self.known = len(self.head) <= HEAD_LIMIT
+                self.head = buf[pos:]
+                self.known = size - pos <= HEAD_LIMIT
                 return
-            head, rest = bytes(self.head[:end]), bytes(self.head[end + 4 :])
-            self.head = bytearray()
-            length = self.body_length(head)
+            length = self.body_length(buf[pos:end])
             if length is None:
                 self.known = False
                 return
-            self.remaining = length
-            view = memoryview(rest)
+            pos = end + 4 + length
+        self.remaining = pos - size
 
     def body_length(self, head: bytes) -> int | None:
-        lines = head.split(b"\r\n")
-        status = lines[0].split(b" ", 2)
-        if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        """The body length a response head announces; None when it is not certain."""
+        status = STATUS.match(head)
+        if status is None:
             return None
-        code = int(status[1])
+        code = int(status.group(2))
+        keep_alive = status.group(1) != b"0"  # HTTP/1.0 closes unless it says keep-alive
         if code < 200:
             return None  # an interim response: the final one follows
+        lower = head.lower()
+        if lower.count(b"\r") != lower.count(b"\n") or lower.count(b"\r\n") != lower.count(b"\n"):
+            return None  # a bare CR or LF
+        if ODD.search(lower):
+            return None
         length: int | None = 0 if code in (204, 304) else None
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip().lower()
+        lengths = set()
+        for name, value in FIELD.findall(lower):
+            value = value.rstrip(b" \t")
             if name == b"transfer-encoding":
                 return None
-            if name == b"connection" and b"close" in value:
-                self.closing = True
-            if name == b"content-length" and code not in (204, 304):
+            if name == b"connection":
+                if b"close" in value:
+                    self.closing = True
+                elif b"keep-alive" in value:
+                    keep_alive = True
+            elif code not in (204, 304):
                 if not value.isdigit():
                     return None
-                length = int(value)
+                lengths.add(int(value))
+        if not keep_alive:
+            self.closing = True
+        if len(lengths) > 1:
+            return None
+        if lengths:
+            length = lengths.pop()
         return length

@@ -5,8 +5,17 @@ Replay is per request, also on a keep-alive connection: bytes from the client th
 answer start a new request, kept until its first answer byte. A request whose replica closed
 or reset the connection before any byte of the answer is sent to another READY replica,
 unless it is a non-idempotent HTTP request (POST, PATCH, ...), as nginx's
-``proxy_next_upstream`` does. Bytes are forwarded as soon as they are read (write interest
-only when a socket's buffer is full), which saves a selector round trip per request.
+``proxy_next_upstream`` does.
+
+The byte path is kept short, because one Python thread carries every service's traffic:
+each readiness event is one ``recv_into`` a buffer the balancer reuses (a short read means
+the socket is drained; epoll is level-triggered, so whatever comes later is reported again),
+and what was read is sent on at once from that buffer (write-through); only what a full
+socket buffer refuses is copied, and only then is write interest registered. An upstream
+connection is used as soon as the client has something to send: a send to a connection
+still being established fails with EAGAIN (then the balancer waits for it to turn
+writable), one that was refused fails with its error (then the next replica is tried).
+Once both directions are finished the sockets are closed without a ``shutdown`` first.
 
 :class:`LoadBalancer` owns every listening socket and connection, on the controller's
 selector (it registers them tagged ``("lb", runtime)`` and ``("conn", connection)``). The
@@ -32,7 +41,7 @@ log = logging.getLogger("sky_mini.services")
 
 LB_BACKLOG = 128
 LB_BIND_RETRY_SECONDS = 2.0
-PROXY_CHUNK = 65536
+PROXY_CHUNK = 256 * 1024
 PROXY_BUFFER_LIMIT = 256 * 1024
 # What was sent to a replica is kept until its first response byte, so a request whose
 # replica died before answering (e.g. killed after the kernel accepted the connection on its
@@ -42,10 +51,31 @@ REPLAY_LIMIT = 64 * 1024
 ACCEPTS_PER_EVENT = 64
 # Never replayed: a replica may have acted on these before it died (RFC 9110 9.2.2).
 NON_IDEMPOTENT_METHODS = (b"POST ", b"PATCH ", b"CONNECT ", b"LOCK ", b"UNLOCK ")
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
 
 
 class Connection:
     """A proxied client connection and its upstream replica connection."""
+
+    __slots__ = (
+        "runtime",
+        "client",
+        "upstream",
+        "replica",
+        "tried",
+        "connecting",
+        "to_upstream",
+        "to_client",
+        "client_eof",
+        "upstream_eof",
+        "client_shut",
+        "upstream_shut",
+        "closed",
+        "replay",
+        "answered",
+        "responses",
+    )
 
     def __init__(self, runtime: ServiceRuntime, client: socket.socket) -> None:
         self.runtime = runtime
@@ -53,8 +83,8 @@ class Connection:
         self.upstream: socket.socket | None = None
         self.replica: Replica | None = None
         self.tried: set[int] = set()
-        self.connecting = False
-        self.to_upstream = bytearray()
+        self.connecting = False  # connect() started; no send or answer has confirmed it yet
+        self.to_upstream = bytearray()  # what a full socket buffer refused, in order
         self.to_client = bytearray()
         self.client_eof = False
         self.upstream_eof = False
@@ -72,6 +102,8 @@ class LoadBalancer:
     def __init__(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
         self.interest: dict[int, int] = {}
+        self.scratch = bytearray(PROXY_CHUNK)  # every recv lands here, one at a time
+        self.view = memoryview(self.scratch)
 
     def bind(self, rt: ServiceRuntime, now: float) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -96,7 +128,7 @@ class LoadBalancer:
         rt.lb_port = int(sock.getsockname()[1])
         rt.lb_error = None
         rt.dirty = True
-        self.selector.register(sock, selectors.EVENT_READ, ("lb", rt))
+        self.selector.register(sock, READ, ("lb", rt))
         log.info(
             "services-controller: service %s load balancer on %s",
             rt.name,
@@ -113,6 +145,7 @@ class LoadBalancer:
             self.close_connection(conn)
 
     def accept(self, rt: ServiceRuntime) -> None:
+        """Accept until the backlog is empty (at most ``ACCEPTS_PER_EVENT`` at a time)."""
         if rt.listener is None:
             return
         for _ in range(ACCEPTS_PER_EVENT):
@@ -150,8 +183,8 @@ class LoadBalancer:
             if replica is None:
                 return False
             conn.tried.add(replica.index)
-            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            upstream.setblocking(False)
+            # SOCK_NONBLOCK: non-blocking from the start, without a separate ioctl
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             code = upstream.connect_ex((LB_HOST, replica.port or 0))
             if code not in (0, errno.EINPROGRESS):
                 upstream.close()
@@ -161,29 +194,27 @@ class LoadBalancer:
             conn.connecting = True
             return True
 
+    # -- events -------------------------------------------------------------------------
+
     def handle_connection(self, conn: Connection, sock: socket.socket, mask: int) -> None:
         if conn.closed:
             return
         try:
-            if sock is conn.upstream and conn.connecting:
-                if mask & selectors.EVENT_WRITE:
-                    self.finish_connect(conn)
-            elif sock is conn.client:
-                if mask & selectors.EVENT_READ:
-                    had = len(conn.to_upstream)
-                    conn.client_eof |= self.pump_in(conn.client, conn.to_upstream)
-                    if conn.answered and len(conn.to_upstream) > had:
-                        conn.answered = False  # bytes after an answer: a new request
-                if mask & selectors.EVENT_WRITE:
-                    self.pump_out(conn.client, conn.to_client)
-                if conn.to_upstream and conn.upstream is not None and not conn.connecting:
-                    self.pump_upstream_safely(conn, selectors.EVENT_WRITE)  # write-through
+            if sock is conn.client:
+                if mask & READ:
+                    self.client_readable(conn)
+                if mask & WRITE and conn.to_client:
+                    self.flush(conn.client, conn.to_client)
             elif sock is conn.upstream:
-                self.pump_upstream_safely(conn, mask)
-                if conn.to_client and not conn.closed:
-                    self.pump_out(conn.client, conn.to_client)  # write-through
+                if mask & READ:
+                    self.upstream_readable(conn, sock)
+                if mask & WRITE and conn.upstream is sock and not conn.closed:
+                    if conn.to_upstream:
+                        self.flush_upstream(conn)
+                    elif conn.connecting:
+                        self.connected(conn)  # nothing to send yet: it is established
         except OSError:
-            self.close_connection(conn)
+            self.close_connection(conn)  # the client's socket failed
             return
         if conn.closed:
             return
@@ -191,32 +222,98 @@ class LoadBalancer:
         if not conn.closed:
             self.update_interest(conn)
 
-    def pump_upstream_safely(self, conn: Connection, mask: int) -> None:
+    def client_readable(self, conn: Connection) -> None:
         try:
-            self.pump_upstream(conn, mask)
+            n = conn.client.recv_into(self.scratch)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not n:
+            conn.client_eof = True
+            return
+        conn.answered = False  # bytes from the client: (part of) a request in flight
+        data = self.view[:n]
+        if conn.to_upstream or conn.upstream is None:
+            conn.to_upstream += data  # keep the order behind what is already waiting
+            return
+        try:
+            sent = conn.upstream.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0  # a full buffer, or still connecting: wait for write readiness
         except OSError:
-            if not self.retry_elsewhere(conn) and not self.switch_if_idle(conn):
-                raise
+            conn.to_upstream += data
+            self.upstream_failed(conn)
+            return
+        if sent:
+            self.connected(conn)
+            conn.replay += data[:sent]
+        if sent < n:
+            conn.to_upstream += data[sent:]
 
-    def pump_upstream(self, conn: Connection, mask: int) -> None:
+    def flush_upstream(self, conn: Connection) -> None:
         assert conn.upstream is not None
-        if mask & selectors.EVENT_READ:
-            before = len(conn.to_client)
-            eof = self.pump_in(conn.upstream, conn.to_client)
-            if len(conn.to_client) > before:
-                conn.answered = True
+        buffer = conn.to_upstream
+        try:
+            while buffer:
+                sent = conn.upstream.send(buffer)
+                self.connected(conn)
+                if not conn.answered:
+                    conn.replay += buffer[:sent]
+                del buffer[:sent]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.upstream_failed(conn)
+
+    def upstream_readable(self, conn: Connection, upstream: socket.socket) -> None:
+        try:
+            n = upstream.recv_into(self.scratch)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # refused (a connect that failed) or reset
+            self.upstream_failed(conn)
+            return
+        if n:
+            self.connected(conn)
+            conn.answered = True
+            if conn.replay:
                 conn.replay.clear()
-                conn.responses.feed(memoryview(conn.to_client)[before:])
-            if eof and not conn.answered and self.retry_elsewhere(conn):
+            data = self.view[:n]
+            conn.responses.feed(data)
+            if conn.to_client:
+                conn.to_client += data
                 return
-            if eof and self.switch_if_idle(conn):
-                return
-            conn.upstream_eof |= eof
-        if mask & selectors.EVENT_WRITE and conn.upstream is not None:
-            pending = bytes(conn.to_upstream)
-            self.pump_out(conn.upstream, conn.to_upstream)
-            if not conn.answered:
-                conn.replay += pending[: len(pending) - len(conn.to_upstream)]
+            try:
+                sent = conn.client.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent < n:
+                conn.to_client += data[sent:]
+            return
+        if not conn.answered and self.retry_elsewhere(conn):
+            return
+        if self.switch_if_idle(conn):
+            return
+        conn.upstream_eof = True
+
+    def connected(self, conn: Connection) -> None:
+        """The upstream connection is established (it took bytes or sent some)."""
+        if conn.connecting:
+            conn.connecting = False
+            if conn.replica is not None:
+                conn.replica.served += 1
+
+    def upstream_failed(self, conn: Connection) -> None:
+        """The upstream connection failed (refused, reset): replay or move on, else close."""
+        if conn.connecting and conn.upstream is not None:
+            # Never established (the replica went away since it was last probed): the next
+            # replica not tried yet for this client gets what waits, as for a refused connect.
+            self.drop_socket(conn.upstream)
+            conn.upstream = None
+            if not self.connect_upstream(conn):
+                self.close_connection(conn)
+            return
+        if not self.retry_elsewhere(conn) and not self.switch_if_idle(conn):
+            self.close_connection(conn)
 
     def retry_elsewhere(self, conn: Connection) -> bool:
         """The replica closed or reset before answering: replay to another READY replica.
@@ -241,9 +338,12 @@ class LoadBalancer:
     def switch_if_idle(self, conn: Connection) -> bool:
         """The replica closed a keep-alive connection between responses (or died then): keep
         the client's connection and send its next request to another READY replica, as a
-        proxy with its own upstream connections does. False when that is not certain."""
+        proxy with its own upstream connections does. False when that is not certain, or
+        when the client has finished and nothing of it waits (then the close is passed on)."""
         dead = conn.replica
         if not conn.answered or not conn.responses.idle or dead is None:
+            return False
+        if conn.client_eof and not conn.to_upstream:
             return False
         if not [r for r in conn.runtime.ready_replicas() if r.index != dead.index]:
             return False
@@ -259,35 +359,8 @@ class LoadBalancer:
             self.close_connection(conn)
         return True
 
-    def finish_connect(self, conn: Connection) -> None:
-        assert conn.upstream is not None
-        err = conn.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err == 0:
-            conn.connecting = False
-            if conn.replica is not None:
-                conn.replica.served += 1
-            return
-        # The replica went away since it was last probed: try another before giving up.
-        self.drop_socket(conn.upstream)
-        conn.upstream = None
-        if not self.connect_upstream(conn):
-            self.close_connection(conn)
-
     @staticmethod
-    def pump_in(sock: socket.socket, buffer: bytearray) -> bool:
-        """Read what is available into ``buffer``; True at EOF."""
-        while len(buffer) < PROXY_BUFFER_LIMIT:
-            try:
-                chunk = sock.recv(PROXY_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                return False
-            if not chunk:
-                return True
-            buffer += chunk
-        return False
-
-    @staticmethod
-    def pump_out(sock: socket.socket, buffer: bytearray) -> None:
+    def flush(sock: socket.socket, buffer: bytearray) -> None:
         while buffer:
             try:
                 sent = sock.send(buffer)
@@ -296,38 +369,44 @@ class LoadBalancer:
             del buffer[:sent]
 
     def propagate_shutdowns(self, conn: Connection) -> None:
+        client_done = conn.client_eof and not conn.to_upstream
+        upstream_done = conn.upstream_eof and not conn.to_client
+        if client_done and upstream_done:
+            self.close_connection(conn)  # close sends what shutdown would have
+            return
         if conn.connecting:
             return
-        if conn.client_eof and not conn.to_upstream and not conn.upstream_shut:
+        if client_done and not conn.upstream_shut:
             conn.upstream_shut = True
             if conn.upstream is not None:
                 with contextlib.suppress(OSError):
                     conn.upstream.shutdown(socket.SHUT_WR)
-        if conn.upstream_eof and not conn.to_client and not conn.client_shut:
+        if upstream_done and not conn.client_shut:
             conn.client_shut = True
             with contextlib.suppress(OSError):
                 conn.client.shutdown(socket.SHUT_WR)
-        if conn.client_shut and conn.upstream_shut:
-            self.close_connection(conn)
+
+    # -- selector -----------------------------------------------------------------------
 
     def update_interest(self, conn: Connection) -> None:
         client_events = 0
         if not conn.client_eof and len(conn.to_upstream) < PROXY_BUFFER_LIMIT:
-            client_events |= selectors.EVENT_READ
+            client_events = READ
         if conn.to_client:
-            client_events |= selectors.EVENT_WRITE
-        self.set_interest(conn.client, client_events, ("conn", conn))
-        if conn.upstream is None:
+            client_events |= WRITE
+        interest = self.interest
+        if interest.get(conn.client.fileno(), 0) != client_events:
+            self.set_interest(conn.client, client_events, ("conn", conn))
+        upstream = conn.upstream
+        if upstream is None:
             return
         upstream_events = 0
-        if conn.connecting:
-            upstream_events = selectors.EVENT_WRITE
-        else:
-            if not conn.upstream_eof and len(conn.to_client) < PROXY_BUFFER_LIMIT:
-                upstream_events |= selectors.EVENT_READ
-            if conn.to_upstream:
-                upstream_events |= selectors.EVENT_WRITE
-        self.set_interest(conn.upstream, upstream_events, ("conn", conn))
+        if not conn.upstream_eof and len(conn.to_client) < PROXY_BUFFER_LIMIT:
+            upstream_events = READ
+        if conn.to_upstream or (conn.connecting and conn.client_eof):
+            upstream_events |= WRITE  # to send, or to learn it is established (to shut it)
+        if interest.get(upstream.fileno(), 0) != upstream_events:
+            self.set_interest(upstream, upstream_events, ("conn", conn))
 
     def set_interest(self, sock: socket.socket, events: int, data: Any) -> None:
         fd = sock.fileno()

@@ -216,3 +216,51 @@ def test_response_tracker_follows_content_length_and_gives_up_on_the_rest() -> N
         other = ResponseTracker()
         other.feed(head)
         assert not other.idle, head
+
+
+def test_a_client_that_closes_after_its_answer_ends_both_connections(
+    balancer: tuple[Runtime, int, threading.Event],
+) -> None:
+    """The replica closes the idle connection once the client has: the LB must not take that
+    close as a cue to reconnect (it did, back and forth between replicas, for good)."""
+    rt, port, _ = balancer
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        assert exchange(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == RESPONSE % b"A"
+        client.shutdown(socket.SHUT_WR)
+        assert client.recv(4096) == b""  # the LB passed the replica's close on
+    wait_for(lambda: not rt.connections, message="the load balancer to drop the connection")
+
+
+def test_response_tracker_reads_whole_chunks_and_doubts_unusual_heads() -> None:
+    from sky_mini.services.framing import ResponseTracker
+
+    two = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length:1\r\n\r\n"
+    )
+    tracker = ResponseTracker()
+    tracker.feed(two)  # two responses in one chunk, the second body still due
+    assert not tracker.idle
+    tracker.feed(b"k")
+    assert tracker.idle
+    closing = ResponseTracker()
+    closing.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert not closing.idle  # complete, but the replica announced its close
+    old = ResponseTracker()  # HTTP/1.0 closes after the response unless it says keep-alive
+    old.feed(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    assert not old.idle
+    old = ResponseTracker()
+    old.feed(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: Keep-Alive\r\n\r\nx")
+    assert old.idle
+    for head in (
+        b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n",  # white space before the colon
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: y\nContent-Length: 0\r\n\r\n",  # a bare LF
+        b"HTTP/1.1 200 OK\r\nX: y\r\n Transfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+    ):
+        other = ResponseTracker()
+        other.feed(head)
+        assert not other.idle, head
+    same = ResponseTracker()  # the negative control for the list above: a plain head
+    same.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 0\r\nX: y\r\n\r\n")
+    assert same.idle
