@@ -71,37 +71,55 @@ class ResponseTracker:
 
     def body_length(self, head: bytes) -> int | None:
         """The body length a response head announces; None when it is not certain."""
-        status = STATUS.match(head)
-        if status is None:
-            return None
-        code = int(status.group(2))
-        keep_alive = status.group(1) != b"0"  # HTTP/1.0 closes unless it says keep-alive
-        if code < 200:
-            return None  # an interim response: the final one follows
-        lower = head.lower()
-        if lower.count(b"\r") != lower.count(b"\n") or lower.count(b"\r\n") != lower.count(b"\n"):
-            return None  # a bare CR or LF
-        if ODD.search(lower):
-            return None
-        length: int | None = 0 if code in (204, 304) else None
-        lengths = set()
-        for name, value in FIELD.findall(lower):
-            value = value.rstrip(b" \t")
-            if name == b"transfer-encoding":
-                return None
-            if name == b"connection":
-                if b"close" in value:
-                    self.closing = True
-                elif b"keep-alive" in value:
-                    keep_alive = True
-            elif code not in (204, 304):
-                if not value.isdigit():
-                    return None
-                lengths.add(int(value))
-        if not keep_alive:
+        parsed = PARSED.get(head)
+        if parsed is None:
+            if len(PARSED) >= PARSED_LIMIT:
+                PARSED.clear()
+            parsed = PARSED[head] = parse_head(head)
+        length, closes = parsed
+        if closes:
             self.closing = True
-        if len(lengths) > 1:
-            return None
-        if lengths:
-            length = lengths.pop()
         return length
+
+
+# A replica sends the same few heads again and again (nginx's differ in Date, once a
+# second): each is parsed once.
+PARSED: dict[bytes, tuple[int | None, bool]] = {}
+PARSED_LIMIT = 256
+
+
+def parse_head(head: bytes) -> tuple[int | None, bool]:
+    """(body length or None when not certain, whether the replica closes after it)."""
+    status = STATUS.match(head)
+    if status is None:
+        return None, False
+    code = int(status.group(2))
+    if code < 200:
+        return None, False  # an interim response: the final one follows
+    keep_alive = status.group(1) != b"0"  # HTTP/1.0 closes unless it says keep-alive
+    closes = False
+    lower = head.lower()
+    if lower.count(b"\r") != lower.count(b"\n") or lower.count(b"\r\n") != lower.count(b"\n"):
+        return None, False  # a bare CR or LF
+    if ODD.search(lower):
+        return None, False
+    length: int | None = 0 if code in (204, 304) else None
+    lengths = set()
+    for name, value in FIELD.findall(lower):
+        value = value.rstrip(b" \t")
+        if name == b"transfer-encoding":
+            return None, False
+        if name == b"connection":
+            if b"close" in value:
+                closes = True
+            elif b"keep-alive" in value:
+                keep_alive = True
+        elif code not in (204, 304):
+            if not value.isdigit():
+                return None, False
+            lengths.add(int(value))
+    if len(lengths) > 1:
+        return None, False
+    if lengths:
+        length = lengths.pop()
+    return length, closes or not keep_alive

@@ -75,6 +75,7 @@ class Connection:
         "replay",
         "answered",
         "responses",
+        "steady",
     )
 
     def __init__(self, runtime: ServiceRuntime, client: socket.socket) -> None:
@@ -94,6 +95,7 @@ class Connection:
         self.replay = bytearray()  # this request's bytes sent upstream, until its answer
         self.answered = False  # the replica answered what it was sent (no request in flight)
         self.responses = ResponseTracker()  # of the current upstream connection
+        self.steady = False  # both sockets registered for reading only
 
 
 class LoadBalancer:
@@ -216,8 +218,12 @@ class LoadBalancer:
         except OSError:
             self.close_connection(conn)  # the client's socket failed
             return
-        if conn.closed:
-            return
+        if conn.closed or (
+            conn.steady
+            and not (conn.to_upstream or conn.to_client or conn.client_eof or conn.upstream_eof)
+            and not conn.connecting  # (a new upstream socket is always connecting first)
+        ):
+            return  # the usual case: all forwarded, nothing to shut, the interest stays
         self.propagate_shutdowns(conn)
         if not conn.closed:
             self.update_interest(conn)
@@ -398,6 +404,7 @@ class LoadBalancer:
         if interest.get(conn.client.fileno(), 0) != client_events:
             self.set_interest(conn.client, client_events, ("conn", conn))
         upstream = conn.upstream
+        conn.steady = False
         if upstream is None:
             return
         upstream_events = 0
@@ -407,6 +414,7 @@ class LoadBalancer:
             upstream_events |= WRITE  # to send, or to learn it is established (to shut it)
         if interest.get(upstream.fileno(), 0) != upstream_events:
             self.set_interest(upstream, upstream_events, ("conn", conn))
+        conn.steady = client_events == upstream_events == READ
 
     def set_interest(self, sock: socket.socket, events: int, data: Any) -> None:
         fd = sock.fileno()
