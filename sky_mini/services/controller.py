@@ -67,6 +67,7 @@ from sky_mini.units import format_duration
 log = logging.getLogger("sky_mini.services")
 
 LOOP_MAX_SLEEP_SECONDS = 1.0
+PROXY_EVENTS = ("lb", "conn")  # the load balancer's: they need nothing else of the loop
 
 
 # --------------------------------------------------------------------------- pure decisions
@@ -144,7 +145,17 @@ class Controller(ReplicaLifecycle):
         self.reload(self.clock())
         while True:
             now = self.clock()
-            ready = self.selector.select(self.next_timeout(now))
+            due = now + self.next_timeout(now)
+            while True:
+                # While only proxied traffic arrives and nothing is due, the rest of the loop
+                # (signals, commands, reaping, steps, facts) has nothing to do: skip it.
+                ready = self.selector.select(max(0.0, due - self.clock()))
+                if not ready or self.clock() >= due:
+                    break
+                if not all(key.data[0] in PROXY_EVENTS for key, _ in ready):
+                    break
+                for key, mask in ready:
+                    self.dispatch(key.data, key.fileobj, mask, now)
             now = self.clock()
             self.signals.drain()
             if self.signals.term_received:
