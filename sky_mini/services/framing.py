@@ -43,6 +43,11 @@ class ResponseTracker:
         """Every response so far is complete and the replica did not announce a close."""
         return self.known and not self.closing and self.remaining == 0 and not self.head
 
+    @property
+    def ending(self) -> bool:
+        """Every response so far is complete and the replica said it closes after the last."""
+        return self.known and self.closing and self.remaining == 0 and not self.head
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if not self.known:
             return

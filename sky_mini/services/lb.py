@@ -167,7 +167,8 @@ class LoadBalancer:
                 client.close()  # with linger 0: a reset, which clients report at once
                 continue
             rt.connections.add(conn)
-            self.update_interest(conn)
+            # The request has often arrived by now: read it at once, a selector round early.
+            self.handle_connection(conn, client, READ)
 
     def pick_replica(self, rt: ServiceRuntime, tried: set[int]) -> Replica | None:
         """Round-robin over READY replicas, skipping those already tried for this client."""
@@ -279,27 +280,44 @@ class LoadBalancer:
             self.upstream_failed(conn)
             return
         if n:
-            self.connected(conn)
-            conn.answered = True
-            if conn.replay:
-                conn.replay.clear()
-            data = self.view[:n]
-            conn.responses.feed(data)
-            if conn.to_client:
-                conn.to_client += data
+            self.forward_answer(conn, n)
+            if not conn.responses.ending:
                 return
+            # The replica answered in full and said it closes: its close is most likely
+            # queued behind the answer already, so take it now rather than a round later.
             try:
-                sent = conn.client.send(data)
+                n = upstream.recv_into(self.scratch)
             except (BlockingIOError, InterruptedError):
-                sent = 0
-            if sent < n:
-                conn.to_client += data[sent:]
-            return
+                return
+            except OSError:
+                self.upstream_failed(conn)
+                return
+            if n:
+                self.forward_answer(conn, n)
+                return
         if not conn.answered and self.retry_elsewhere(conn):
             return
         if self.switch_if_idle(conn):
             return
         conn.upstream_eof = True
+
+    def forward_answer(self, conn: Connection, n: int) -> None:
+        """Pass on the ``n`` bytes the replica sent (in the scratch buffer) to the client."""
+        self.connected(conn)
+        conn.answered = True
+        if conn.replay:
+            conn.replay.clear()
+        data = self.view[:n]
+        conn.responses.feed(data)
+        if conn.to_client:
+            conn.to_client += data
+            return
+        try:
+            sent = conn.client.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < n:
+            conn.to_client += data[sent:]
 
     def connected(self, conn: Connection) -> None:
         """The upstream connection is established (it took bytes or sent some)."""

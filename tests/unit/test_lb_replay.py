@@ -264,3 +264,53 @@ def test_response_tracker_reads_whole_chunks_and_doubts_unusual_heads() -> None:
     same = ResponseTracker()  # the negative control for the list above: a plain head
     same.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 0\r\nX: y\r\n\r\n")
     assert same.idle
+
+
+def run_balancer(rt: Runtime, stop: threading.Event) -> tuple[LoadBalancer, threading.Thread]:
+    selector = selectors.DefaultSelector()
+    lb = LoadBalancer(selector)
+    lb.bind(rt, 0.0)  # type: ignore[arg-type]
+
+    def loop() -> None:
+        while not stop.is_set():
+            for key, mask in selector.select(0.02):
+                kind, data = key.data
+                if kind == "lb":
+                    lb.accept(data)
+                else:
+                    lb.handle_connection(data, key.fileobj, mask)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return lb, thread
+
+
+@pytest.mark.parametrize("with_healthy", [True, False])
+def test_a_replica_that_refuses_the_connection_is_skipped(with_healthy: bool) -> None:
+    """A READY replica whose port refuses (it died since its last probe): the request goes to
+    the next replica; with none left the client sees its connection end, not a hang."""
+    gone = socket.create_server(("127.0.0.1", 0))
+    dead = Replica(index=1, policy=RestartPolicy(), state=ReplicaState.READY)
+    dead.port = gone.getsockname()[1]
+    gone.close()  # nothing listens there now: connect is refused
+    replicas = [dead]
+    if with_healthy:
+        healthy, healthy_listener = replica(2, 1000, b"B")
+        replicas.append(healthy)
+    rt = Runtime(replicas)
+    stop = threading.Event()
+    lb, thread = run_balancer(rt, stop)
+    try:
+        assert rt.lb_port
+        with socket.create_connection(("127.0.0.1", rt.lb_port), timeout=10) as client:
+            try:
+                answer = exchange(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            except ConnectionResetError:
+                answer = b""
+        assert answer == (RESPONSE % b"B" if with_healthy else b"")
+    finally:
+        stop.set()
+        thread.join(5)
+        lb.close(rt)  # type: ignore[arg-type]
+        if with_healthy:
+            healthy_listener.close()
