@@ -314,3 +314,48 @@ def test_a_replica_that_refuses_the_connection_is_skipped(with_healthy: bool) ->
         lb.close(rt)  # type: ignore[arg-type]
         if with_healthy:
             healthy_listener.close()
+
+
+def serve_bulk(listener: socket.socket, body: bytes) -> None:
+    """Read a request with a body of ``len(body)`` bytes, check it, answer with ``body``."""
+    conn, _ = listener.accept()
+    with conn:
+        received = bytearray()
+        while not received.endswith(body[-16:]) or len(received) < len(body):
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                return
+            received += chunk
+        ok = received.split(b"\r\n\r\n", 1)[1] == body
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        conn.sendall(b"" if ok else b"mismatch")
+
+
+def test_large_bodies_pass_whole_both_ways_through_full_buffers() -> None:
+    """8 MB up and down: the sockets' buffers fill, so the LB keeps and resends the rest."""
+    body = bytes(range(256)) * (8 * 4096)
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=serve_bulk, args=(listener, body), daemon=True).start()
+    one = Replica(index=1, policy=RestartPolicy(), state=ReplicaState.READY)
+    one.port = listener.getsockname()[1]
+    rt = Runtime([one])
+    stop = threading.Event()
+    lb, thread = run_balancer(rt, stop)
+    try:
+        assert rt.lb_port
+        with socket.create_connection(("127.0.0.1", rt.lb_port), timeout=30) as client:
+            head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            client.sendall(head + body)
+            expected = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            data = bytearray()
+            while len(data) < len(expected):
+                chunk = client.recv(4096)  # small reads: the LB's sends come up short
+                if not chunk:
+                    break
+                data += chunk
+        assert data == expected
+    finally:
+        stop.set()
+        thread.join(5)
+        lb.close(rt)  # type: ignore[arg-type]
+        listener.close()
