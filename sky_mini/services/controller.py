@@ -67,7 +67,6 @@ from sky_mini.units import format_duration
 log = logging.getLogger("sky_mini.services")
 
 LOOP_MAX_SLEEP_SECONDS = 1.0
-PROXY_EVENTS = ("lb", "conn")  # the load balancer's: they need nothing else of the loop
 
 
 # --------------------------------------------------------------------------- pure decisions
@@ -152,10 +151,9 @@ class Controller(ReplicaLifecycle):
                 ready = self.selector.select(max(0.0, due - self.clock()))
                 if not ready or self.clock() >= due:
                     break
-                if not all(key.data[0] in PROXY_EVENTS for key, _ in ready):
+                ready = self.lb.handle_events(ready)  # what is left is not the LB's
+                if ready:
                     break
-                for key, mask in ready:
-                    self.dispatch(key.data, key.fileobj, mask, now)
             now = self.clock()
             self.signals.drain()
             if self.signals.term_received:

@@ -20,7 +20,8 @@ Once both directions are finished the sockets are closed without a ``shutdown`` 
 :class:`LoadBalancer` owns every listening socket and connection, on the controller's
 selector (it registers them tagged ``("lb", runtime)`` and ``("conn", connection)``). The
 loop calls :meth:`~LoadBalancer.bind`, :meth:`~LoadBalancer.close`,
-:meth:`~LoadBalancer.accept` and :meth:`~LoadBalancer.handle_connection`.
+:meth:`~LoadBalancer.accept` and :meth:`~LoadBalancer.handle_connection`, or
+:meth:`~LoadBalancer.handle_events` for a whole ``select`` result.
 """
 
 from __future__ import annotations
@@ -199,6 +200,19 @@ class LoadBalancer:
 
     # -- events -------------------------------------------------------------------------
 
+    def handle_events(self, ready: list[tuple[selectors.SelectorKey, int]]) -> list[Any]:
+        """Handle the load balancer's events among ``ready``; return the others, in order."""
+        others = []
+        for key, mask in ready:
+            kind, payload = key.data
+            if kind == "conn":
+                self.handle_connection(payload, key.fileobj, mask)  # type: ignore[arg-type]
+            elif kind == "lb":
+                self.accept(payload)
+            else:
+                others.append((key, mask))
+        return others
+
     def handle_connection(self, conn: Connection, sock: socket.socket, mask: int) -> None:
         if conn.closed:
             return
@@ -251,7 +265,8 @@ class LoadBalancer:
             self.upstream_failed(conn)
             return
         if sent:
-            self.connected(conn)
+            if conn.connecting:
+                self.connected(conn)
             conn.replay += data[:sent]
         if sent < n:
             conn.to_upstream += data[sent:]
@@ -303,7 +318,8 @@ class LoadBalancer:
 
     def forward_answer(self, conn: Connection, n: int) -> None:
         """Pass on the ``n`` bytes the replica sent (in the scratch buffer) to the client."""
-        self.connected(conn)
+        if conn.connecting:
+            self.connected(conn)
         conn.answered = True
         if conn.replay:
             conn.replay.clear()
