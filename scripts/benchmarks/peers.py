@@ -408,7 +408,10 @@ def bench_lb(b: Any, home_class: Any) -> None:
         direct = f"http://127.0.0.1:{row['replicas'][0]['port']}/"
         wrk(lb, 16, 1)  # warm-up
         d = wrk(direct, 16, seconds)
+        controller = controller_pid(home)
+        before = cpu_seconds(controller)
         v = wrk(lb, 16, seconds)
+        spent = cpu_seconds(controller) - before
         b.add(
             section,
             "wrk -c16 keep-alive, nginx direct: req/s",
@@ -425,6 +428,14 @@ def bench_lb(b: Any, home_class: Any) -> None:
             f"{share:.2f}× direct; {at_least(share, LB_KEEPALIVE_TARGET)}; "
             f"errors {v['errors'] + v['non2xx']:.0f}",
         )
+        if v["requests"] and controller is not None:
+            b.add(
+                section,
+                "LB CPU per keep-alive request (controller, user + system)",
+                f"{spent / v['requests'] * 1e6:.1f}",
+                "µs",
+                "steadier than req/s on a shared machine",
+            )
         added = v["p50_ms"] - d["p50_ms"]
         b.add(
             section,
@@ -452,6 +463,26 @@ def bench_lb(b: Any, home_class: Any) -> None:
             f"{share:.2f}× direct; {at_least(share, LB_NEWCONN_TARGET)}; failed {v['failed']:.0f}",
         )
         home.sky("services", "down", "web")
+
+
+def controller_pid(home: Any) -> int | None:
+    """The services-controller's PID, from ``api status``'s components."""
+    for component in home.status().get("components", []):
+        if component.get("kind") == "services-controller" and component.get("pid"):
+            return int(component["pid"])
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a process has used so far (0 when it cannot be read)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def confirmed_pid(replica: dict[str, Any]) -> int | None:
