@@ -78,9 +78,11 @@ class ResponseTracker:
         """The body length a response head announces; None when it is not certain."""
         parsed = PARSED.get(head)
         if parsed is None:
-            if len(PARSED) >= PARSED_LIMIT:
-                PARSED.clear()
-            parsed = PARSED[head] = parse_head(head)
+            parsed = parse_head(head)
+            if len(head) <= PARSED_HEAD_LIMIT:
+                if len(PARSED) >= PARSED_LIMIT:
+                    PARSED.clear()
+                PARSED[head] = parsed
         length, closes = parsed
         if closes:
             self.closing = True
@@ -91,6 +93,7 @@ class ResponseTracker:
 # second): each is parsed once.
 PARSED: dict[bytes, tuple[int | None, bool]] = {}
 PARSED_LIMIT = 256
+PARSED_HEAD_LIMIT = 2048  # larger heads (big cookies) are parsed each time: at most 512 KiB
 
 
 def parse_head(head: bytes) -> tuple[int | None, bool]:
