@@ -163,11 +163,14 @@ def _optional_str(value: object) -> str | None:
 # --------------------------------------------------------------------------- loading
 
 
-def load_task_file(path: str, *, infra_given: bool = False) -> TaskFile:
+def load_task_file(
+    path: str, *, infra_given: bool = False, cache_dir: str | None = None
+) -> TaskFile:
     """Load every document of a task YAML. A first document holding only ``name`` (and for
     a job group ``execution``/``primary_tasks``/``termination_delay``) is a header;
-    otherwise every document is a task. Errors name the document when there are several."""
-    documents = load_documents(path, "a task")
+    otherwise every document is a task. Errors name the document when there are several.
+    ``cache_dir``: see :func:`sky_mini.spec.yamlio.load_documents` (checks run either way)."""
+    documents = load_documents(path, "a task", cache_dir)
     header: dict[Any, Any] | None = None
     first = documents[0]
     if len(documents) > 1 and isinstance(first, dict) and set(first) <= set(HEADER_KEYS):
