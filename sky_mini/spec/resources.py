@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from sky_mini.errors import SpecError
 from sky_mini.gpus import gpu_matches
+from sky_mini.lazyre import lazy
 from sky_mini.spec.values import check_keys, describe, mapping, parse_timeout, parse_with
 from sky_mini.units import format_size, parse_size
 
@@ -56,10 +57,10 @@ CLOUDS = (
     "cudo", "fluidstack", "paperspace", "do", "nebius", "hyperbolic", "seeweb",
     "primeintellect", "shadeform", "coreweave", "kubernetes", "k8s", "ssh",
 )  # fmt: skip
-_INFRA_RE = re.compile(r"(local|slurm(/[A-Za-z0-9_.-]+)?)")
-_NUMBER_PLUS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\+?)\s*$")
-_MEMORY_X_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*(\+?)\s*$", re.IGNORECASE)
-_ACCEL_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?::\s*(\d+(?:\.\d+)?))?\s*$")
+_INFRA_RE = lazy(r"(local|slurm(/[A-Za-z0-9_.-]+)?)")
+_NUMBER_PLUS_RE = lazy(r"^\s*(\d+(?:\.\d+)?)\s*(\+?)\s*$")
+_MEMORY_X_RE = lazy(r"^\s*(\d+(?:\.\d+)?)\s*x\s*(\+?)\s*$", re.IGNORECASE)
+_ACCEL_RE = lazy(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?::\s*(\d+(?:\.\d+)?))?\s*$")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from sky_mini.errors import SpecError
+from sky_mini.lazyre import lazy
 from sky_mini.spec.resources import (
     INFRA_HINT,
     Machine,
@@ -77,7 +78,7 @@ IGNORED_TASK_KEYS = (
 HEADER_KEYS = ("name", "execution", "primary_tasks", "termination_delay")
 MAX_RETRIES = 100
 MAX_NODES = 1024
-_BUCKET_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_BUCKET_RE = lazy(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
