@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from sky_mini.errors import SpecError
 from sky_mini.lazyre import lazy
+from sky_mini.spec.frozen import Frozen, assign
 from sky_mini.spec.resources import (
     INFRA_HINT,
     Machine,
@@ -81,8 +82,8 @@ MAX_NODES = 1024
 _BUCKET_RE = lazy(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class TaskSpec:
+@dataclass(init=False, repr=False, eq=False)  # frozen and compared via Frozen (spec.frozen)
+class TaskSpec(Frozen):
     """A job to run: ``setup`` then ``run`` in ``workdir`` with ``envs`` exported.
 
     ``run``/``setup`` hold the commands with ``${VAR}`` already expanded from ``envs``
@@ -108,6 +109,27 @@ class TaskSpec:
     candidates: tuple[ResourceSpec, ...] = field(default=(), repr=False, compare=False)
     ignored: tuple[str, ...] = field(default=(), compare=False)
     retries: int | None = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        run: str | None,
+        name: str | None = None,
+        setup: str | None = None,
+        workdir: str | None = None,
+        envs: dict[str, str] | None = None,
+        resources: ResourceSpec | None = None,
+        num_nodes: int = 1,
+        secret_names: tuple[str, ...] = (),
+        file_mounts: dict[str, str] | None = None,
+        run_template: str | None = None,
+        setup_template: str | None = None,
+        secrets: dict[str, str] | None = None,
+        required_envs: tuple[str, ...] = (),
+        candidates: tuple[ResourceSpec, ...] = (),
+        ignored: tuple[str, ...] = (),
+        retries: int | None = None,
+    ) -> None:
+        assign(self, locals())  # None for envs/resources/file_mounts/secrets: a fresh default
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
