@@ -8,9 +8,9 @@ YAML and should not pay ~20 ms to import it. Cron runs the same task file every 
 :func:`load_documents` can keep what a file parsed to in a cache keyed by a hash of its
 bytes (``$SKY_MINI_HOME/cache/yaml``): an unchanged file is then not parsed, and yaml not
 imported. An entry is written only once the file passed every check here, and only when
-the documents survive a JSON round trip exactly (same types, same key order); the caller
-validates the documents every time, cached or not. An unreadable entry is ignored and
-rewritten.
+the documents survive a JSON round trip exactly (same types, same key order) and give no
+``secrets`` values; the caller validates the documents every time, cached or not. An
+unreadable entry is ignored and rewritten.
 """
 
 from __future__ import annotations
@@ -174,6 +174,8 @@ def _cache_put(cache_dir: str, key: str, documents: list[Any]) -> None:
     launch (a cache that cannot be written only means parsing next time)."""
     import json
 
+    if any(_secret_values(doc) for doc in documents):
+        return  # the cache would be another plain-text copy of the secret (CONTRACT)
     try:
         text = json.dumps({"version": CACHE_VERSION, "documents": documents}, allow_nan=False)
         if not _same(json.loads(text)["documents"], documents):
@@ -192,6 +194,14 @@ def _cache_put(cache_dir: str, key: str, documents: list[Any]) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _secret_values(document: Any) -> bool:
+    """Whether a task document gives a value under ``secrets`` (not only names to fill)."""
+    secrets = document.get("secrets") if isinstance(document, dict) else None
+    if isinstance(secrets, dict):
+        return any(value is not None for value in secrets.values())
+    return secrets is not None
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -156,3 +156,15 @@ def test_the_cache_keeps_only_the_newest_entries(
         write(tmp_path, f"run: echo {index}\n")
         load_task_file(path, cache_dir=cache)
     assert len(entries(cache)) == 3
+
+
+def test_a_file_with_secret_values_is_never_copied_into_the_cache(tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    path = write(tmp_path, "run: echo $API_KEY\nsecrets: {API_KEY: s3cret-value}\n")
+    load_task_file(path, cache_dir=cache)
+    assert entries(cache) == []
+    write(tmp_path, "run: echo $API_KEY\nsecrets: {API_KEY: null}\n")  # names only: kept
+    load_task_file(path, cache_dir=cache)
+    (entry,) = entries(cache)
+    with open(os.path.join(cache, entry)) as handle:
+        assert "API_KEY" in handle.read()
