@@ -93,3 +93,17 @@ def test_a_dry_run_without_a_home_creates_none(sky: SkyMini) -> None:
     result = sky.run("jobs", "launch", "--dry-run", task)
     assert result.code == 0, result
     assert not os.path.exists(sky.home)
+
+
+def test_exiting_early_keeps_every_byte_and_lets_a_profiler_write(sky: SkyMini) -> None:
+    sky.run("api", "start", "--idle-minutes", "off", check=True)
+    ids = [sky.run("jobs", "launch", "--async", "--", "true", check=True).out for _ in range(3)]
+    listed = sky.run("jobs", "queue", "--all", "--json", check=True).json()  # a pipe, not a tty
+    assert sorted(str(job["id"]) for job in listed) == sorted(i.strip() for i in ids)
+    profile = os.path.join(os.path.dirname(sky.home), "launch.prof")
+    argv = ["-m", "cProfile", "-o", profile, "-m", "sky_mini", "jobs", "launch", "--async"]
+    result = subprocess.run(
+        [sys.executable, *argv, "--", "true"], env=sky.env, capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert os.path.getsize(profile) > 0  # cProfile writes after main() returns
