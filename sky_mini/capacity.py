@@ -13,7 +13,14 @@ from the same inputs:
   server read and validated.
 
 Otherwise (no server, another shell's overrides, an edited config) the client detects for
-itself as before. ``SKY_MINI_DISABLE=capacity`` (test-only) makes the client ignore the file.
+itself as before.
+
+The same file carries the settings the submit path needs from config.yaml (``jobs.infra``,
+``slurm.partition``), so ``--async`` need not import :mod:`sky_mini.config`. They are used
+under the same config stamp, and only while the variables ``load_settings`` reads
+(``SETTINGS_ENV``) are the same in the client as in the server: then ``load_settings`` would
+return what the server got, and would raise nothing (the server validated that file).
+``SKY_MINI_DISABLE=capacity`` (test-only) makes the client ignore the file.
 A leaf module: standard library only.
 """
 
@@ -28,6 +35,8 @@ from typing import Any
 FILE_NAME = "capacity.json"
 SCHEMA = 1
 INPUT_ENV = ("SKY_MINI_CPUS", "SKY_MINI_MEMORY")
+SETTINGS_ENV = ("SKY_MINI_DISABLE", "SKY_MINI_KILL_GRACE_SECONDS", "SKY_MINI_MEMORY_MECHANISM")
+"""What sky_mini.config.load_settings reads from the environment besides config.yaml."""
 
 
 def capacity_path(server_dir: str) -> str:
@@ -67,8 +76,19 @@ def inputs(config_path: str, env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def publish(server_dir: str, config_path: str, cpus: float, memory_bytes: int) -> None:
-    """Server side: write what it detected (not fsynced: a lost file only means detecting)."""
+def settings_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {name: env.get(name, "") for name in SETTINGS_ENV}
+
+
+def publish(
+    server_dir: str,
+    config_path: str,
+    cpus: float,
+    memory_bytes: int,
+    settings: Mapping[str, str | None] | None = None,
+) -> None:
+    """Server side: write what it detected (not fsynced: a lost file only means detecting),
+    and ``settings`` (``infra``, ``slurm_partition``) as this server's load_settings gave."""
     pid = os.getpid()
     data = {
         "schema": SCHEMA,
@@ -78,6 +98,9 @@ def publish(server_dir: str, config_path: str, cpus: float, memory_bytes: int) -
         "memory_bytes": memory_bytes,
         "inputs": inputs(config_path, os.environ),
     }
+    if settings is not None:
+        data["settings"] = dict(settings)
+        data["settings_env"] = settings_env(os.environ)
     path = capacity_path(server_dir)
     tmp = f"{path}.{pid}.tmp"
     with contextlib.suppress(OSError):
@@ -87,24 +110,59 @@ def publish(server_dir: str, config_path: str, cpus: float, memory_bytes: int) -
         os.replace(tmp, path)
 
 
-def read_published(server_dir: str, config_path: str) -> tuple[float, int] | None:
-    """Client side: (cpus, memory_bytes) from the running server, or None to detect."""
+def read_current(server_dir: str, config_path: str) -> dict[str, Any] | None:
+    """The published file while the server that wrote it still runs and config.yaml is the
+    file it read (same size and mtime, or absent in both); else None."""
     if "capacity" in os.environ.get("SKY_MINI_DISABLE", "").replace(" ", "").split(","):
         return None
     try:
         with open(capacity_path(server_dir), "rb") as handle:
             data = json.loads(handle.read())
-        if data.get("schema") != SCHEMA:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             return None
         pid = int(data["pid"])
         ticks = data["start_ticks"]
-        cpus, memory = float(data["cpus"]), int(data["memory_bytes"])
+        stamp = data["inputs"]["config"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if ticks is None or process_start_ticks(pid) != ticks:
         return None  # written by a server that is gone (or a reused PID)
+    if stamp != config_stamp(config_path):
+        return None
+    return data
+
+
+def read_published(
+    server_dir: str, config_path: str, current: dict[str, Any] | None = None
+) -> tuple[float, int] | None:
+    """Client side: (cpus, memory_bytes) from the running server, or None to detect.
+    ``current``: what :func:`read_current` returned, when the caller has read it already."""
+    data = read_current(server_dir, config_path) if current is None else current
+    if data is None:
+        return None
+    try:
+        cpus, memory = float(data["cpus"]), int(data["memory_bytes"])
+    except (ValueError, KeyError, TypeError):
+        return None
     if data.get("inputs") != inputs(config_path, os.environ):
         return None
     if cpus <= 0 or memory <= 0:
         return None
     return cpus, memory
+
+
+def read_setting(
+    server_dir: str, config_path: str, name: str, current: dict[str, Any] | None = None
+) -> tuple[bool, str | None]:
+    """Client side: (True, value) of setting ``name`` as the running server loaded it from
+    the same config.yaml and environment, or (False, None) to call load_settings."""
+    data = read_current(server_dir, config_path) if current is None else current
+    if data is None or data.get("settings_env") != settings_env(os.environ):
+        return False, None
+    settings = data.get("settings")
+    if not isinstance(settings, dict) or name not in settings:
+        return False, None
+    value = settings[name]
+    if value is not None and not isinstance(value, str):
+        return False, None
+    return True, value

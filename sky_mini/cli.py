@@ -7,10 +7,11 @@ in :func:`main`, without a traceback. Keep imports here light: cron runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -18,6 +19,27 @@ from sky_mini import __version__
 from sky_mini.errors import EXIT_DEGRADED, EXIT_ERROR, SkyMiniError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands defined in other modules are imported only when named (or
+    listed, for ``--help``): ``jobs launch --async`` never loads the services and batch
+    commands. ``lazy`` maps a command name to ``"module:attribute"``."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            import importlib
+
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
 class JobIdType(click.ParamType[int, Any]):
@@ -51,7 +73,11 @@ def parse_idle_minutes(value: str | None) -> float | None:
     return minutes
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(
+    cls=LazyGroup,
+    context_settings=CONTEXT,
+    lazy={"services": "sky_mini.cli_services:services", "down": "sky_mini.cli_services:down"},
+)
 @click.version_option(__version__, prog_name="sky-mini")
 def cli() -> None:
     """sky-mini: a small supervisor for jobs and services on one machine.
@@ -218,7 +244,13 @@ def api_logs(follow: bool, tail: int) -> int:
 # -- jobs --------------------------------------------------------------------------------
 
 
-@cli.group(context_settings=CONTEXT)
+@cli.group(
+    cls=LazyGroup,
+    context_settings=CONTEXT,
+    lazy={
+        name: f"sky_mini.cli_batch:jobs_{name}" for name in ("restart", "clean", "pause", "resume")
+    },
+)
 def jobs() -> None:
     """Submit, list, follow, cancel and wait for jobs."""
 
@@ -391,18 +423,37 @@ def jobs_wait(job_ids: tuple[int, ...], timeout: float | None) -> int:
     return wait_jobs(list(job_ids), timeout)
 
 
-from sky_mini.cli_batch import BATCH_COMMANDS  # noqa: E402
-from sky_mini.cli_services import down, services  # noqa: E402
-
-cli.add_command(services)
-cli.add_command(down)
-for _command in BATCH_COMMANDS:
-    jobs.add_command(_command)
-
-
 def main() -> None:
     """Console entry point: run the CLI, print user errors once, exit with a named code."""
     code = run(sys.argv[1:])
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code``, skipping the interpreter's teardown when nothing needs it.
+
+    Tearing down every imported module costs more than a third of a ``launch --async`` on
+    this machine (cron pays it thousands of times a day). Everything the command wrote is
+    closed (state files are fsynced before the ID prints), so only the standard streams
+    still hold data: they are flushed here. When an ``atexit`` callback is registered
+    (logging, coverage), a profiler or tracer is attached (``python -m cProfile`` writes
+    its file after ``main`` returns), or a non-daemon thread still runs, the ordinary exit
+    runs them.
+    """
+    import atexit
+    import threading
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` went away; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = code or EXIT_ERROR
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if atexit._ncallbacks() == 0 and not watched and all(t.daemon for t in others):
+        os._exit(code)
     sys.exit(code)
 
 

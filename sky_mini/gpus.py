@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import re
 
+from sky_mini.lazyre import lazy
+
 GPUS_ENV = "SKY_MINI_GPUS"
 NVIDIA_SMI_TIMEOUT_SECONDS = 5.0
-_OVERRIDE_ITEM_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?::\s*(\d+))?\s*$")
-_SMI_LINE_RE = re.compile(r"^GPU\s+(\d+):\s*(.+?)\s*(?:\(UUID:.*\))?\s*$")
+_OVERRIDE_ITEM_RE = lazy(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?::\s*(\d+))?\s*$")
+_SMI_LINE_RE = lazy(r"^GPU\s+(\d+):\s*(.+?)\s*(?:\(UUID:.*\))?\s*$")
 
 
 class GpuOverrideError(ValueError):

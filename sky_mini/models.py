@@ -73,8 +73,10 @@ class FutureSchemaError(ValueError):
     """A record written by a newer sky-mini than this one."""
 
 
-@dataclass
+@dataclass(init=False, repr=False, eq=False)  # methods written out below: see __init__
 class JobRecord:
+    """One job as ``jobs/<id>.json`` stores it (clients write intents, the server facts)."""
+
     id: int
     task: dict[str, Any]
     name: str
@@ -109,10 +111,91 @@ class JobRecord:
     slurm_job_id: str | None = None
     schema: int = SCHEMA_VERSION
 
+    # Written out rather than generated: a dataclass build execs its methods' source at
+    # import, ~4 ms of every `jobs launch --async`. tests/unit/test_models.py checks that
+    # the parameters match the fields above, in order and with the same defaults.
+    def __init__(
+        self,
+        id: int,  # noqa: A002 - the record's field name
+        task: dict[str, Any],
+        name: str,
+        log_path: str,
+        submitted_at: float,
+        status: JobStatus = JobStatus.PENDING,
+        reason: str | None = None,
+        reason_code: str | None = None,
+        exit_code: int | None = None,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+        pid: int | None = None,
+        pid_create_time: float | None = None,
+        pgid: int | None = None,
+        peak_memory_bytes: int | None = None,
+        executor: str | None = None,
+        instance_id: str | None = None,
+        cgroup_paths: list[str] | None = None,
+        memory_mechanism: str | None = None,
+        env: dict[str, str] | None = None,
+        attempt: int = 1,
+        attempts: list[dict[str, Any]] | None = None,
+        retry_at: float | None = None,
+        queue: str | None = None,
+        scheduled_at: float | None = None,
+        after: list[int] | None = None,
+        pipeline: str | None = None,
+        group: dict[str, Any] | None = None,
+        infra: str = "local",
+        slurm_job_id: str | None = None,
+        schema: int = SCHEMA_VERSION,
+    ) -> None:
+        self.id = id
+        self.task = task
+        self.name = name
+        self.log_path = log_path
+        self.submitted_at = submitted_at
+        self.status = status
+        self.reason = reason
+        self.reason_code = reason_code
+        self.exit_code = exit_code
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.pid = pid
+        self.pid_create_time = pid_create_time
+        self.pgid = pgid
+        self.peak_memory_bytes = peak_memory_bytes
+        self.executor = executor
+        self.instance_id = instance_id
+        self.cgroup_paths = [] if cgroup_paths is None else cgroup_paths
+        self.memory_mechanism = memory_mechanism
+        self.env = {} if env is None else env
+        self.attempt = attempt
+        self.attempts = [] if attempts is None else attempts
+        self.retry_at = retry_at
+        self.queue = queue
+        self.scheduled_at = scheduled_at
+        self.after = [] if after is None else after
+        self.pipeline = pipeline
+        self.group = group
+        self.infra = infra
+        self.slurm_job_id = slurm_job_id
+        self.schema = schema
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        mine = tuple(getattr(self, name) for name in _JOB_FIELD_ORDER)
+        return mine == tuple(getattr(other, name) for name in _JOB_FIELD_ORDER)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _JOB_FIELD_ORDER)
+        return f"JobRecord({shown})"
+
     def to_json(self) -> dict[str, Any]:
         # A shallow copy, not dataclasses.asdict: asdict deep-copies the task and the
         # environment, a third of the server's time per record write in a drain.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {name: getattr(self, name) for name in _JOB_FIELD_ORDER}
         data["status"] = self.status.value
         return data
 
@@ -174,7 +257,8 @@ class JobRecord:
         self.finished_at = now
 
 
-_JOB_FIELDS = {f.name for f in fields(JobRecord)}
+_JOB_FIELD_ORDER = tuple(f.name for f in fields(JobRecord))
+_JOB_FIELDS = set(_JOB_FIELD_ORDER)
 
 
 def job_from_json(data: dict[str, Any]) -> JobRecord:

@@ -133,6 +133,11 @@ class Paths:
         return os.path.join(self.logs_dir, f"{job_id}.log")
 
     @property
+    def yaml_cache_dir(self) -> str:
+        """Parsed task files by content (sky_mini.spec.yamlio); made on first use."""
+        return os.path.join(self.home, "cache", "yaml")
+
+    @property
     def secrets_dir(self) -> str:
         return os.path.join(self.home, "secrets")
 

@@ -109,7 +109,9 @@ def build_plan(
     is_file = len(args) == 1 and args[0].endswith(YAML_SUFFIXES) and "--" not in sys.argv[1:]
     if is_file:
         source = args[0]
-        loaded = spec.load_task_file(source, infra_given=infra is not None)
+        loaded = spec.load_task_file(
+            source, infra_given=infra is not None, cache_dir=yaml_cache_dir(create_home)
+        )
     else:
         source = "command line"
         loaded = spec.TaskFile((spec.task_from_command(list(args), name=name, cwd=os.getcwd()),))
@@ -146,6 +148,16 @@ def build_plan(
     return plan
 
 
+def yaml_cache_dir(create_home: bool) -> str | None:
+    """Where parsed task files are kept, unless that would create the home (--dry-run)."""
+    from sky_mini import client
+
+    paths = client.open_home(create=create_home)
+    if not create_home and not os.path.isdir(paths.home):
+        return None
+    return paths.yaml_cache_dir
+
+
 def resolve_tasks(plan: Plan, *, create_home: bool) -> None:
     """Choose each task's infra and resources; refuse what the place can never give."""
     from sky_mini import spec
@@ -179,17 +191,27 @@ def resolve_tasks(plan: Plan, *, create_home: bool) -> None:
 
 def configured_infra(create_home: bool) -> str:
     """Config ``jobs.infra`` (where a task that names no infra runs), else local."""
-    from sky_mini import client
-    from sky_mini.config import load_settings
-
-    return load_settings(client.open_home(create=create_home)).infra or DEFAULT_INFRA
+    return configured("infra", create_home) or DEFAULT_INFRA
 
 
 def configured_partition(create_home: bool) -> str | None:
+    return configured("slurm_partition", create_home)
+
+
+def configured(name: str, create_home: bool) -> str | None:
+    """A setting the submit path needs: as the running server published it when that is
+    what load_settings would give here (sky_mini.capacity), else from load_settings."""
     from sky_mini import client
+    from sky_mini.capacity import read_setting
+
+    paths = client.open_home(create=create_home)
+    known, value = read_setting(paths.server_dir, paths.config, name)
+    if known:
+        return value
     from sky_mini.config import load_settings
 
-    return load_settings(client.open_home(create=create_home)).slurm_partition
+    value = getattr(load_settings(paths), name)
+    return value if isinstance(value, str) else None
 
 
 def task_wants_gpus(tasks: Sequence[Any]) -> bool:

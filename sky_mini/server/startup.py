@@ -85,7 +85,11 @@ def configure_host(server: Server) -> None:
         server.warnings.append(pool.warning)
     server.capacity = Capacity(cpus=detected.cpus, memory_bytes=pool.usable_memory_bytes)
     publish_capacity(
-        server.paths.server_dir, server.paths.config, detected.cpus, detected.memory_bytes
+        server.paths.server_dir,
+        server.paths.config,
+        detected.cpus,
+        detected.memory_bytes,
+        settings={"infra": settings.infra, "slurm_partition": settings.slurm_partition},
     )
     from sky_mini.server.gpus import detect_gpu_pool
 

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 from sky_mini.errors import SpecError
 from sky_mini.gpus import gpu_matches
+from sky_mini.lazyre import lazy
+from sky_mini.spec.frozen import Frozen, assign
 from sky_mini.spec.values import check_keys, describe, mapping, parse_timeout, parse_with
 from sky_mini.units import format_size, parse_size
 
@@ -56,14 +58,14 @@ CLOUDS = (
     "cudo", "fluidstack", "paperspace", "do", "nebius", "hyperbolic", "seeweb",
     "primeintellect", "shadeform", "coreweave", "kubernetes", "k8s", "ssh",
 )  # fmt: skip
-_INFRA_RE = re.compile(r"(local|slurm(/[A-Za-z0-9_.-]+)?)")
-_NUMBER_PLUS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\+?)\s*$")
-_MEMORY_X_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*(\+?)\s*$", re.IGNORECASE)
-_ACCEL_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?::\s*(\d+(?:\.\d+)?))?\s*$")
+_INFRA_RE = lazy(r"(local|slurm(/[A-Za-z0-9_.-]+)?)")
+_NUMBER_PLUS_RE = lazy(r"^\s*(\d+(?:\.\d+)?)\s*(\+?)\s*$")
+_MEMORY_X_RE = lazy(r"^\s*(\d+(?:\.\d+)?)\s*x\s*(\+?)\s*$", re.IGNORECASE)
+_ACCEL_RE = lazy(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?::\s*(\d+(?:\.\d+)?))?\s*$")
 
 
-@dataclass(frozen=True)
-class ResourceSpec:
+@dataclass(init=False, repr=False, eq=False)  # frozen and compared via Frozen (spec.frozen)
+class ResourceSpec(Frozen):
     """What a job or replica reserves and may use, and where it runs.
 
     ``infra`` None means the configured default (``jobs.infra``, else local).
@@ -80,6 +82,18 @@ class ResourceSpec:
     # True while nobody asked for ``cpus``: then the reservation is min(1, machine CPUs),
     # resolved where the machine is known (submit-time fit check, server admission).
     cpus_defaulted: bool = True
+
+    def __init__(
+        self,
+        cpus: float = 1.0,
+        memory_bytes: int | None = None,
+        timeout_seconds: float | None = None,
+        infra: str | None = None,
+        accelerator: str | None = None,
+        gpus: float = 0.0,
+        cpus_defaulted: bool = True,
+    ) -> None:
+        assign(self, locals())
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from sky_mini.errors import SpecError
+from sky_mini.lazyre import lazy
+from sky_mini.spec.frozen import Frozen, assign
 from sky_mini.spec.resources import (
     INFRA_HINT,
     Machine,
@@ -77,11 +79,11 @@ IGNORED_TASK_KEYS = (
 HEADER_KEYS = ("name", "execution", "primary_tasks", "termination_delay")
 MAX_RETRIES = 100
 MAX_NODES = 1024
-_BUCKET_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_BUCKET_RE = lazy(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class TaskSpec:
+@dataclass(init=False, repr=False, eq=False)  # frozen and compared via Frozen (spec.frozen)
+class TaskSpec(Frozen):
     """A job to run: ``setup`` then ``run`` in ``workdir`` with ``envs`` exported.
 
     ``run``/``setup`` hold the commands with ``${VAR}`` already expanded from ``envs``
@@ -107,6 +109,27 @@ class TaskSpec:
     candidates: tuple[ResourceSpec, ...] = field(default=(), repr=False, compare=False)
     ignored: tuple[str, ...] = field(default=(), compare=False)
     retries: int | None = field(default=None, compare=False)
+
+    def __init__(
+        self,
+        run: str | None,
+        name: str | None = None,
+        setup: str | None = None,
+        workdir: str | None = None,
+        envs: dict[str, str] | None = None,
+        resources: ResourceSpec | None = None,
+        num_nodes: int = 1,
+        secret_names: tuple[str, ...] = (),
+        file_mounts: dict[str, str] | None = None,
+        run_template: str | None = None,
+        setup_template: str | None = None,
+        secrets: dict[str, str] | None = None,
+        required_envs: tuple[str, ...] = (),
+        candidates: tuple[ResourceSpec, ...] = (),
+        ignored: tuple[str, ...] = (),
+        retries: int | None = None,
+    ) -> None:
+        assign(self, locals())  # None for envs/resources/file_mounts/secrets: a fresh default
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -163,11 +186,14 @@ def _optional_str(value: object) -> str | None:
 # --------------------------------------------------------------------------- loading
 
 
-def load_task_file(path: str, *, infra_given: bool = False) -> TaskFile:
+def load_task_file(
+    path: str, *, infra_given: bool = False, cache_dir: str | None = None
+) -> TaskFile:
     """Load every document of a task YAML. A first document holding only ``name`` (and for
     a job group ``execution``/``primary_tasks``/``termination_delay``) is a header;
-    otherwise every document is a task. Errors name the document when there are several."""
-    documents = load_documents(path, "a task")
+    otherwise every document is a task. Errors name the document when there are several.
+    ``cache_dir``: see :func:`sky_mini.spec.yamlio.load_documents` (checks run either way)."""
+    documents = load_documents(path, "a task", cache_dir)
     header: dict[Any, Any] | None = None
     first = documents[0]
     if len(documents) > 1 and isinstance(first, dict) and set(first) <= set(HEADER_KEYS):

@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sky_mini.errors import SpecError, UsageError
+from sky_mini.lazyre import lazy
 from sky_mini.units import parse_duration
 
 MAX_NAME_CHARS = 100
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_NAME_RE = lazy(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF_RE = lazy(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def describe(value: object) -> str:

@@ -4,14 +4,20 @@ is built, so a hostile or broken file is refused cleanly instead of running code
 exhausting memory.
 
 yaml is imported inside these functions: `jobs launch -- CMD` (the cron path) never parses
-YAML and should not pay ~20 ms to import it.
+YAML and should not pay ~20 ms to import it. Cron runs the same task file every time, so
+:func:`load_documents` can keep what a file parsed to in a cache keyed by a hash of its
+bytes (``$SKY_MINI_HOME/cache/yaml``): an unchanged file is then not parsed, and yaml not
+imported. An entry is written only once the file passed every check here, and only when
+the documents survive a JSON round trip exactly (same types, same key order) and give no
+``secrets`` values; the caller validates the documents every time, cached or not. An
+unreadable entry is ignored and rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sky_mini.errors import SpecError
@@ -26,6 +32,8 @@ MAX_ALIASES = 100
 MAX_EXPANDED_NODES = 100_000
 MAX_DEPTH = 64
 MAX_DOCUMENTS = 64
+CACHE_VERSION = 1  # bump when the loader or the checks change what a file's bytes yield
+MAX_CACHE_ENTRIES = 64
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
@@ -53,7 +61,7 @@ def _loader() -> type[Any]:
     return _LOADER
 
 
-def _read_text(path: str) -> str:
+def _read_bytes(path: str) -> bytes:
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -80,6 +88,10 @@ def _read_text(path: str) -> str:
         ) from None
     if len(raw) > MAX_FILE_BYTES:
         raise SpecError(path, None, f"file is larger than {format_size(MAX_FILE_BYTES)}")
+    return raw
+
+
+def _decode(raw: bytes, path: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -88,10 +100,18 @@ def _read_text(path: str) -> str:
         ) from None
 
 
-def load_documents(path: str, what: str) -> list[Any]:
+def load_documents(path: str, what: str, cache_dir: str | None = None) -> list[Any]:
     """Every YAML document in ``path`` (at least one), built only after the event scan
-    passed. An empty file is refused; an empty document between ``---`` is kept as None."""
-    text = _read_text(path)
+    passed. An empty file is refused; an empty document between ``---`` is kept as None.
+    With ``cache_dir``, a file parsed before (the same bytes) comes from the cache."""
+    raw = _read_bytes(path)
+    key = None
+    if cache_dir is not None:
+        key = _cache_key(raw)
+        cached = _cache_get(cache_dir, key)
+        if cached is not None:
+            return cached
+    text = _decode(raw, path)
     import yaml
 
     count = _check_events(text, path)
@@ -114,7 +134,97 @@ def load_documents(path: str, what: str) -> list[Any]:
         documents = [None]
     if not documents or (len(documents) == 1 and documents[0] is None):
         raise SpecError(path, None, f"the file is empty; it must be a mapping describing {what}")
+    if cache_dir is not None and key is not None:
+        _cache_put(cache_dir, key, documents)
     return documents
+
+
+def _cache_key(raw: bytes) -> str:
+    """A hash of the file's bytes and of everything here that decides what they yield."""
+    try:
+        from _blake2 import blake2b  # what hashlib re-exports, without hashlib's ~6 ms import
+    except ImportError:  # pragma: no cover - CPython always has it
+        from hashlib import blake2b
+    limits = (CACHE_VERSION, MAX_FILE_BYTES, MAX_ALIASES, MAX_EXPANDED_NODES, MAX_DEPTH)
+    digest = blake2b(repr((*limits, MAX_DOCUMENTS)).encode(), digest_size=20)
+    digest.update(b"\0")
+    digest.update(raw)
+    return digest.hexdigest()
+
+
+def _cache_get(cache_dir: str, key: str) -> list[Any] | None:
+    """The cached documents for ``key``, or None (absent, unreadable or not ours)."""
+    import json
+
+    try:
+        with open(os.path.join(cache_dir, key + ".json"), "rb") as handle:
+            entry = json.loads(handle.read(MAX_FILE_BYTES * 8))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or entry.get("version") != CACHE_VERSION:
+        return None
+    documents = entry.get("documents")
+    if not isinstance(documents, list) or not documents:
+        return None
+    return documents
+
+
+def _cache_put(cache_dir: str, key: str, documents: list[Any]) -> None:
+    """Keep ``documents`` for ``key`` when JSON gives them back exactly; never fails the
+    launch (a cache that cannot be written only means parsing next time)."""
+    import json
+
+    if any(_secret_values(doc) for doc in documents):
+        return  # the cache would be another plain-text copy of the secret (CONTRACT)
+    try:
+        text = json.dumps({"version": CACHE_VERSION, "documents": documents}, allow_nan=False)
+        if not _same(json.loads(text)["documents"], documents):
+            return  # e.g. a non-string key, a set or bytes: parse this file every time
+    except (TypeError, ValueError, RecursionError):
+        return
+    path = os.path.join(cache_dir, key + ".json")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+        _trim_cache(cache_dir)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _secret_values(document: Any) -> bool:
+    """Whether a task document gives a value under ``secrets`` (not only names to fill)."""
+    secrets = document.get("secrets") if isinstance(document, dict) else None
+    if isinstance(secrets, dict):
+        return any(value is not None for value in secrets.values())
+    return secrets is not None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal with the same types throughout (``1 == 1.0 == True`` is not enough)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _trim_cache(cache_dir: str) -> None:
+    """Keep the newest MAX_CACHE_ENTRIES entries (files generated per run would pile up)."""
+    entries = []
+    for name in os.listdir(cache_dir):
+        with contextlib.suppress(OSError):
+            entries.append((os.stat(os.path.join(cache_dir, name)).st_mtime_ns, name))
+    entries.sort(reverse=True)
+    for _, name in entries[MAX_CACHE_ENTRIES:]:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(cache_dir, name))
 
 
 def load_mapping(path: str, what: str) -> dict[Any, Any]:
@@ -156,15 +266,18 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"invalid YAML: {exc}"
 
 
-@dataclass
 class _Frame:
-    """One open collection while scanning events (see :func:`_check_events`)."""
+    """One open collection while scanning events (see :func:`_check_events`). A plain
+    class: a dataclass build costs the cron path about a millisecond at import."""
 
-    is_mapping: bool
-    anchor: str | None
-    size: int = 1
-    expect_key: bool = True
-    keys: set[str] = field(default_factory=set)
+    __slots__ = ("anchor", "expect_key", "is_mapping", "keys", "size")
+
+    def __init__(self, is_mapping: bool, anchor: str | None) -> None:
+        self.is_mapping = is_mapping
+        self.anchor = anchor
+        self.size = 1
+        self.expect_key = True
+        self.keys: set[str] = set()
 
 
 def _check_events(text: str, path: str) -> int:

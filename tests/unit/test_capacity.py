@@ -119,3 +119,43 @@ def test_a_zombie_server_counts_as_gone(home: tuple[str, str]) -> None:
         assert capacity.read_published(server_dir, config) is None
     finally:
         child.wait()
+
+
+SETTINGS = {"infra": "slurm/debug", "slurm_partition": "debug"}
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in capacity.SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("settings_env")
+def test_settings_published_by_a_live_server_are_used(home: tuple[str, str]) -> None:
+    server_dir, config = home
+    capacity.publish(server_dir, config, 2.0, 2**30, settings=SETTINGS)
+    assert capacity.read_setting(server_dir, config, "infra") == (True, "slurm/debug")
+    assert capacity.read_setting(server_dir, config, "slurm_partition") == (True, "debug")
+    assert capacity.read_setting(server_dir, config, "unknown") == (False, None)
+
+
+@pytest.mark.usefixtures("settings_env")
+def test_settings_under_another_config_or_env_are_not_used(
+    home: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_dir, config = home
+    capacity.publish(server_dir, config, 2.0, 2**30, settings=SETTINGS)
+    monkeypatch.setenv("SKY_MINI_KILL_GRACE_SECONDS", "soon")  # load_settings must see it
+    assert capacity.read_setting(server_dir, config, "infra") == (False, None)
+    monkeypatch.delenv("SKY_MINI_KILL_GRACE_SECONDS")
+    with open(config, "w") as handle:
+        handle.write("jobs: {infra: local}\n")
+    assert capacity.read_setting(server_dir, config, "infra") == (False, None)
+
+
+@pytest.mark.usefixtures("settings_env")
+def test_a_file_without_settings_means_loading_them(home: tuple[str, str]) -> None:
+    server_dir, config = home
+    capacity.publish(server_dir, config, 2.0, 2**30)  # as a server before this change wrote
+    assert capacity.read_published(server_dir, config) == (2.0, 2**30)
+    assert capacity.read_setting(server_dir, config, "infra") == (False, None)
