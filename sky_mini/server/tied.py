@@ -56,9 +56,12 @@ _children: dict[int, TiedChild] = {}
 """Tied children not yet reaped, by PID (the server's own bookkeeping)."""
 
 
-def start_tied(role: str, disabled: frozenset[str], main: ChildMain) -> TiedChild:
+def start_tied(
+    role: str, disabled: frozenset[str], main: ChildMain, keep: frozenset[int] = frozenset()
+) -> TiedChild:
     """Start a tied child titled for ``role`` (``executor job-0``; see ``procs.set_title``)
-    from the main thread; return its handle."""
+    from the main thread; return its handle. ``keep``: inherited descriptors the child keeps
+    (a load-balancer worker's listening socket)."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("tied children are started from the main thread only (PDEATHSIG)")
     server_pid = os.getpid()
@@ -66,7 +69,7 @@ def start_tied(role: str, disabled: frozenset[str], main: ChildMain) -> TiedChil
     evt_r, evt_w = os.pipe()
     # What the child inherits and must close: everything open now but its two pipe ends.
     # The sentinel pipes multiprocessing creates next are not in this set, so they stay.
-    inherited = frozenset(procs.open_fds()) - {0, 1, 2, cmd_r, evt_w}
+    inherited = frozenset(procs.open_fds()) - {0, 1, 2, cmd_r, evt_w} - keep
     process = _FORK.Process(
         target=run_tied_child,
         args=(role, server_pid, disabled, cmd_r, evt_w, main, inherited),
@@ -107,6 +110,10 @@ def run_tied_child(
     """The child's side of :func:`start_tied`. Never returns into the server's code."""
     code = 1
     _children.clear()  # the server's handles on earlier children mean nothing here
+    # Daemonic only for the server's interpreter exit; a tied child may start its own tied
+    # children (the services-controller's load-balancer workers), which multiprocessing
+    # refuses to a daemonic process. This child never returns into multiprocessing (os._exit).
+    multiprocessing.current_process().daemon = False
     try:
         if "pdeathsig" not in disabled:
             procs.set_parent_death_signal(signal.SIGTERM, server_pid)
