@@ -409,11 +409,9 @@ def bench_lb(b: Any, home_class: Any) -> None:
         wrk(lb, 16, 1)  # warm-up
         d = wrk(direct, 16, seconds)
         controller = controller_pid(home)
-        # The LB's processes: the controller and, on 2+ CPUs, its load-balancer workers.
-        lb_pids = [controller] + [int(p["pid"]) for p in row.get("lb_processes") or []]
-        before = sum(cpu_seconds(pid) for pid in lb_pids)
+        before = cpu_seconds(controller)
         v = wrk(lb, 16, seconds)
-        spent = sum(cpu_seconds(pid) for pid in lb_pids) - before
+        spent = cpu_seconds(controller) - before
         b.add(
             section,
             "wrk -c16 keep-alive, nginx direct: req/s",
@@ -433,8 +431,7 @@ def bench_lb(b: Any, home_class: Any) -> None:
         if v["requests"] and controller is not None:
             b.add(
                 section,
-                f"LB CPU per keep-alive request (controller + {len(lb_pids) - 1} LB "
-                "workers, user + system)",
+                "LB CPU per keep-alive request (controller, user + system)",
                 f"{spent / v['requests'] * 1e6:.1f}",
                 "µs",
                 "steadier than req/s on a shared machine",

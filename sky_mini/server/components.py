@@ -58,7 +58,6 @@ def register_child_sentinels(server: Server, registered: set[int] | None = None)
 
 def start_services(server: Server) -> None:
     """The services supervisor; it forks the services-controller when a service is up."""
-    from sky_mini.services.lbworkers import lb_worker_count
     from sky_mini.services.supervisor import ServicesSupervisor
 
     server.services = ServicesSupervisor(
@@ -71,7 +70,6 @@ def start_services(server: Server) -> None:
         cgroup_base=f"sky-mini-{server.key}",
         memory_mechanism=server.memory_mechanism,
         clock=server.clock,
-        lb_workers=lb_worker_count(server.capacity.cpus),  # 0 below 2 CPUs: LB in-process
     )
 
 

@@ -56,12 +56,9 @@ _children: dict[int, TiedChild] = {}
 """Tied children not yet reaped, by PID (the server's own bookkeeping)."""
 
 
-def start_tied(
-    role: str, disabled: frozenset[str], main: ChildMain, keep: frozenset[int] = frozenset()
-) -> TiedChild:
+def start_tied(role: str, disabled: frozenset[str], main: ChildMain) -> TiedChild:
     """Start a tied child titled for ``role`` (``executor job-0``; see ``procs.set_title``)
-    from the main thread; return its handle. ``keep``: inherited descriptors the child keeps
-    (a load-balancer worker's listening socket)."""
+    from the main thread; return its handle."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("tied children are started from the main thread only (PDEATHSIG)")
     server_pid = os.getpid()
@@ -69,7 +66,7 @@ def start_tied(
     evt_r, evt_w = os.pipe()
     # What the child inherits and must close: everything open now but its two pipe ends.
     # The sentinel pipes multiprocessing creates next are not in this set, so they stay.
-    inherited = frozenset(procs.open_fds()) - {0, 1, 2, cmd_r, evt_w} - keep
+    inherited = frozenset(procs.open_fds()) - {0, 1, 2, cmd_r, evt_w}
     process = _FORK.Process(
         target=run_tied_child,
         args=(role, server_pid, disabled, cmd_r, evt_w, main, inherited),
@@ -110,10 +107,6 @@ def run_tied_child(
     """The child's side of :func:`start_tied`. Never returns into the server's code."""
     code = 1
     _children.clear()  # the server's handles on earlier children mean nothing here
-    # Daemonic only for the server's interpreter exit; a tied child may start its own tied
-    # children (the services-controller's load-balancer workers), which multiprocessing
-    # refuses to a daemonic process. This child never returns into multiprocessing (os._exit).
-    multiprocessing.current_process().daemon = False
     try:
         if "pdeathsig" not in disabled:
             procs.set_parent_death_signal(signal.SIGTERM, server_pid)

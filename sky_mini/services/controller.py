@@ -52,7 +52,6 @@ from sky_mini.services.desired import (
     service_dir,
 )
 from sky_mini.services.lb import LoadBalancer
-from sky_mini.services.lbworkers import LBWorkers
 from sky_mini.services.model import (
     ControllerConfig,
     RestartPolicy,
@@ -123,9 +122,6 @@ class Controller(ReplicaLifecycle):
         self.selector = selectors.DefaultSelector()
         self.lb = LoadBalancer(self.selector)
         self.prober = Prober(self.selector)
-        self.workers = (
-            LBWorkers(config.lb_workers, config, self.selector) if config.lb_workers else None
-        )
         self.started_at = clock()
         self.create_time = procs.process_create_time(os.getpid())
         self.idle_since: float | None = None
@@ -178,10 +174,6 @@ class Controller(ReplicaLifecycle):
                         self.selector.unregister(fd)
             self.reap_children(now)
             self.step(now)
-            if self.workers is not None:
-                for rt in self.all_runtimes():
-                    self.workers.step(rt, now)
-                self.workers.sync_all(self.all_runtimes())
             self.publish(now)
             if self.exiting is not None and not self.any_processes():
                 self.finish(self.exiting, now)
@@ -219,8 +211,6 @@ class Controller(ReplicaLifecycle):
         moments: list[float] = [now + LOOP_MAX_SLEEP_SECONDS]
         if self.autostop_at is not None:
             moments.append(self.autostop_at)
-        if self.workers is not None and (restart := self.workers.next_moment()) is not None:
-            moments.append(restart)
         for rt in self.all_runtimes():
             if rt.listener is None and rt.lb_error and not rt.stopping:
                 moments.append(rt.next_bind_at)
@@ -332,7 +322,7 @@ class Controller(ReplicaLifecycle):
             rt.generation,
             len(rt.replicas),
         )
-        self.bind_balancer(rt, now)
+        self.lb.bind(rt, now)
         for replica in rt.replicas:
             replica.next_start_at = now
 
@@ -359,33 +349,9 @@ class Controller(ReplicaLifecycle):
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def bind_balancer(self, rt: ServiceRuntime, now: float) -> None:
-        if self.workers is None:
-            self.lb.bind(rt, now)
-        else:
-            self.workers.bind(rt, now)
-
-    def close_balancer(self, rt: ServiceRuntime) -> None:
-        """Close ``rt``'s load balancer; its workers have exited when this returns."""
-        if self.workers is not None:
-            self.workers.stop(rt)
-        self.lb.close(rt)
-
-    def ready_set_changed(self, rt: ServiceRuntime) -> None:
-        if self.workers is not None:
-            self.workers.sync(rt)
-
-    def other_child_exited(self, pid: int, status: int, now: float) -> None:
-        if self.workers is not None:
-            self.workers.reaped(pid, status, now)
-
     def dispatch(self, data: Any, fileobj: Any, mask: int, now: float) -> None:
         kind, payload = data
-        if kind == "lbw":
-            rt, worker = payload
-            if self.workers is not None:
-                self.workers.read_events(rt, worker)
-        elif kind == "lb":
+        if kind == "lb":
             self.lb.accept(payload)
         elif kind == "conn":
             self.lb.handle_connection(payload, fileobj, mask)
@@ -444,7 +410,6 @@ class Controller(ReplicaLifecycle):
             "reason": reason,
             "lb_host": LB_HOST,
             "lb_port": rt.lb_port,
-            "lb_processes": [] if self.workers is None else self.workers.processes(rt),
             "controller_pid": os.getpid(),
             "updated_at": now,
             "setup": {"state": rt.setup.state, "reason": rt.setup.reason},
@@ -490,7 +455,7 @@ class Controller(ReplicaLifecycle):
     def finish(self, why: str, now: float) -> None:
         """Everything is stopped: record the facts and tell the server why we exit."""
         for rt in self.all_runtimes():
-            self.close_balancer(rt)
+            self.lb.close(rt)
             self.remove_cgroups(rt)
         for rt in self.services.values():
             # Kept for the next controller: the LB port and the replicas' restart counts.
@@ -511,8 +476,6 @@ class Controller(ReplicaLifecycle):
                 if rt.setup.cgroup is not None:
                     rt.setup.cgroup.kill()
                 procs.signal_group(rt.setup.pid, signal.SIGKILL)
-        if self.workers is not None:
-            self.workers.kill_all()
         if "subreaper" not in self.config.disabled:
             procs.kill_descendants(os.getpid())
         for rt in runtimes:

@@ -361,9 +361,7 @@ def build_status(paths: Paths, server_status: dict[str, Any] | None, now: float)
                 continue
             reason = facts.get("reason")
             port = facts.get("lb_port")
-            lb_processes = list(facts.get("lb_processes") or [])
         else:
-            lb_processes = []
             replicas = []
             status = ServiceStatus.CONTROLLER_INIT.value
             port = spec.get("port")
@@ -390,7 +388,6 @@ def build_status(paths: Paths, server_status: dict[str, Any] | None, now: float)
                 "port": port,
                 "endpoint": f"{LB_HOST}:{port}" if port else None,
                 "replicas": replicas,
-                "lb_processes": lb_processes,  # empty: the LB runs in the controller
                 "updated_at": desired.updated_at,
             }
         )

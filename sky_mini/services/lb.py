@@ -109,10 +109,28 @@ class LoadBalancer:
         self.view = memoryview(self.scratch)
 
     def bind(self, rt: ServiceRuntime, now: float) -> None:
-        sock = open_listener(rt, now)
-        if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((LB_HOST, rt.lb_port or 0))
+            sock.listen(LB_BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            where = f"{LB_HOST}:{rt.lb_port}" if rt.lb_port else LB_HOST
+            problem = f"the load balancer cannot listen on {where}: {exc.strerror or exc}"
+            if exc.errno == errno.EADDRINUSE:
+                problem += " (another program uses it); choose another 'port' or free it"
+            if rt.lb_error != problem:
+                log.warning("services-controller: service %s: %s", rt.name, problem)
+            rt.lb_error = problem
+            rt.next_bind_at = now + LB_BIND_RETRY_SECONDS
+            rt.dirty = True
             return
         rt.listener = sock
+        rt.lb_port = int(sock.getsockname()[1])
+        rt.lb_error = None
+        rt.dirty = True
         self.selector.register(sock, READ, ("lb", rt))
         log.info(
             "services-controller: service %s load balancer on %s",
@@ -463,39 +481,3 @@ class LoadBalancer:
             if sock is not None:
                 self.drop_socket(sock)
         conn.runtime.connections.discard(conn)
-
-
-def open_listener(
-    rt: ServiceRuntime, now: float, *, reuse_port: bool = False, listen: bool = True
-) -> socket.socket | None:
-    """Bind ``rt``'s port on 127.0.0.1 (and listen); None, with ``rt.lb_error`` set, if not.
-
-    ``reuse_port``: ``SO_REUSEPORT``, so the load-balancer workers' listeners share the port
-    (the kernel spreads new connections over them). Without ``listen`` the socket only holds
-    the port: a bound socket that does not listen receives no connection.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((LB_HOST, rt.lb_port or 0))
-        if listen:
-            sock.listen(LB_BACKLOG)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        where = f"{LB_HOST}:{rt.lb_port}" if rt.lb_port else LB_HOST
-        problem = f"the load balancer cannot listen on {where}: {exc.strerror or exc}"
-        if exc.errno == errno.EADDRINUSE:
-            problem += " (another program uses it); choose another 'port' or free it"
-        if rt.lb_error != problem:
-            log.warning("services-controller: service %s: %s", rt.name, problem)
-        rt.lb_error = problem
-        rt.next_bind_at = now + LB_BIND_RETRY_SECONDS
-        rt.dirty = True
-        return None
-    rt.lb_port = int(sock.getsockname()[1])
-    rt.lb_error = None
-    rt.dirty = True
-    return sock

@@ -143,8 +143,6 @@ class ControllerConfig:
     idle_minutes: float | None
     disabled: frozenset[str] = frozenset()
     backoff_initial: float = BACKOFF_INITIAL_SECONDS
-    lb_workers: int = 0
-    """Load-balancer worker processes per service (0: the LB runs in the controller)."""
 
 
 @dataclass

@@ -20,7 +20,6 @@ import time
 from typing import Any, NoReturn
 
 from sky_mini import procs
-from sky_mini.server import tied
 from sky_mini.services.desired import (
     ReplicaState,
     facts_path,
@@ -78,7 +77,7 @@ class ReplicaLifecycle:
                     self.forget(rt)
                 continue
             if rt.listener is None and now >= rt.next_bind_at:
-                self.bind_balancer(rt, now)
+                self.lb.bind(rt, now)
             if rt.setup.state == "pending":
                 self.start_setup(rt, now)
             if rt.setup.state != "done":
@@ -255,7 +254,6 @@ class ReplicaLifecycle:
             replica.last_exit_reason = detail
         replica.state = ReplicaState.STOPPING
         replica.kill_at = now + max(0.0, self.config.kill_grace_seconds)
-        self.ready_set_changed(rt)  # LB workers stop routing to it before it is signalled
         self.signal_replica(replica, signal.SIGTERM)
         self.prober.cancel(replica)
         rt.dirty = True
@@ -271,7 +269,7 @@ class ReplicaLifecycle:
         rt.stopping = True
         rt.stop_why = rt.stop_why or why
         rt.dirty = True
-        self.close_balancer(rt)
+        self.lb.close(rt)
         for replica in rt.replicas:
             if replica.pid:
                 self.stop_replica(rt, replica, why, now)
@@ -326,26 +324,11 @@ class ReplicaLifecycle:
         if rss > limit:
             replica.stop_reason = "memory_limit"
             replica.state = ReplicaState.STOPPING
-            self.ready_set_changed(rt)
             self.kill_replica(replica)
             rt.dirty = True
 
-    def bind_balancer(self, rt: ServiceRuntime, now: float) -> None:
-        self.lb.bind(rt, now)
-
-    def close_balancer(self, rt: ServiceRuntime) -> None:
-        self.lb.close(rt)
-
-    def ready_set_changed(self, rt: ServiceRuntime) -> None:
-        """A replica left READY: the load balancer must know before it is signalled."""
-
-    def other_child_exited(self, pid: int, status: int, now: float) -> None:
-        """A reaped child that is no replica or setup (a load-balancer worker, an orphan)."""
-
     def reap_children(self, now: float) -> None:
-        # tied.reap_children: a load-balancer worker is reaped by its own Process (so its
-        # exitcode is right), every other child by waitpid.
-        for pid, status in tied.reap_children(self.forget_fd):
+        for pid, status in procs.reap_any():
             for rt in self.all_runtimes():
                 if rt.setup.pid == pid:
                     self.setup_exited(rt, status, now)
@@ -354,13 +337,6 @@ class ReplicaLifecycle:
                 if replica is not None:
                     self.replica_exited(rt, replica, status, now)
                     break
-            else:
-                self.other_child_exited(pid, status, now)
-
-    def forget_fd(self, fd: int) -> None:
-        """A tied child's sentinel is about to be closed: drop it from the selector."""
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.lb.selector.unregister(fd)
 
     def setup_exited(self, rt: ServiceRuntime, status: int, now: float) -> None:
         setup = rt.setup

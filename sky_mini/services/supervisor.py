@@ -95,7 +95,6 @@ class ServicesSupervisor:
         memory_mechanism: str,
         clock: Callable[[], float] = time.time,
         spawn: Spawner = spawn_controller,
-        lb_workers: int = 0,
     ) -> None:
         self.paths = paths
         self.settings = settings
@@ -108,7 +107,6 @@ class ServicesSupervisor:
         self.memory_mechanism = memory_mechanism
         self.clock = clock
         self.spawn = spawn
-        self.lb_workers = lb_workers
         self.signature: tuple[Any, ...] | None = None
         self.desired: dict[str, DesiredService] = {}
         self.handle = ControllerHandle()
@@ -182,7 +180,6 @@ class ServicesSupervisor:
             idle_minutes=self.settings.controller_idle_minutes,
             disabled=self.settings.disabled,
             backoff_initial=backoff_initial_from_env(),
-            lb_workers=self.lb_workers,
         )
         pid, cmd_w, evt_r = self.spawn(config)
         handle = ControllerHandle(
