@@ -328,6 +328,37 @@ http {{
 }}
 """
 
+NGINX_PROXY_CONF = """\
+user root;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx-proxy.pid;
+error_log {dir}/nginx-proxy.err warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body-proxy;
+    proxy_temp_path {dir}/proxy-proxy;
+    fastcgi_temp_path {dir}/fcgi-proxy;
+    uwsgi_temp_path {dir}/uwsgi-proxy;
+    scgi_temp_path {dir}/scgi-proxy;
+    keepalive_requests 1000000;
+    upstream replicas {{
+        server 127.0.0.1:{first};
+        server 127.0.0.1:{second};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
 PY_REPLICA = """\
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -456,6 +487,7 @@ def bench_lb(b: Any, home_class: Any) -> None:
             f"{v['p50_ms']:.3f} vs {d['p50_ms']:.3f}; target ≤ {LB_ADDED_P50_TARGET_MS}: "
             f"{verdict(added <= LB_ADDED_P50_TARGET_MS)}",
         )
+        keepalive_share = share
         d = ab(direct, 16, requests)
         v = ab(lb, 16, requests)
         b.add(
@@ -473,7 +505,87 @@ def bench_lb(b: Any, home_class: Any) -> None:
             "",
             f"{share:.2f}× direct; {at_least(share, LB_NEWCONN_TARGET)}; failed {v['failed']:.0f}",
         )
+        shares = (keepalive_share, share)
+        nginx_proxy_rows(b, section, nginx, home.dir, row, seconds, requests, d["rps"], shares)
         home.sky("services", "down", "web")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        time.sleep(0.05)
+        return False
+
+
+def nginx_proxy_rows(
+    b: Any,
+    section: str,
+    nginx: str,
+    workdir: str,
+    row: dict[str, Any],
+    seconds: float,
+    requests: int,
+    direct_ab_rps: float,
+    lb_shares: tuple[float, float],
+) -> None:
+    """A peer for the LB rows: nginx itself as the reverse proxy (one worker, upstream
+    keep-alive) in front of the same 2 replicas, on the same cores. What a proxy written
+    in C reaches here bounds what any proxy can."""
+    first, second = (int(r["port"]) for r in row["replicas"][:2])
+    port = free_port()
+    conf = os.path.join(workdir, "nginx-proxy.conf")
+    with open(conf, "w") as handle:
+        handle.write(NGINX_PROXY_CONF.format(dir=workdir, first=first, second=second, port=port))
+    err = os.path.join(workdir, "nginx-proxy.err")
+    proxy = subprocess.Popen([nginx, "-e", err, "-c", conf], stdin=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 30
+        while not answers(url):
+            if proxy.poll() is not None or time.monotonic() > deadline:
+                b.add(section, "nginx as the proxy (peer)", "n/a", note=f"did not start: {err}")
+                return
+        direct = wrk(f"http://127.0.0.1:{first}/", 16, seconds)
+        through = wrk(url, 16, seconds)
+        share = through["rps"] / direct["rps"] if direct["rps"] else 0.0
+        b.add(
+            section,
+            "peer: wrk -c16 keep-alive through nginx as the proxy: req/s",
+            through["rps"],
+            "",
+            f"{share:.2f}× direct ({direct['rps']:.0f}); p50 added "
+            f"{through['p50_ms'] - direct['p50_ms']:.3f} ms; the LB's share is "
+            f"{lb_shares[0] / share if share else 0.0:.2f}× of it",
+        )
+        via = ab(url, 16, requests)
+        share = via["rps"] / direct_ab_rps if direct_ab_rps else 0.0
+        b.add(
+            section,
+            f"peer: ab -c16 -n{requests} new connections through nginx as the proxy: req/s",
+            via["rps"],
+            "",
+            f"{share:.2f}× direct; the LB's share is {lb_shares[1] / share if share else 0.0:.2f}× "
+            f"of it; failed {via['failed']:.0f}",
+        )
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
 
 
 def controller_pid(home: Any) -> int | None:
