@@ -66,6 +66,36 @@ def note_waiting(server: Server, record: JobRecord, reason: str, now: float) -> 
     server.save_job(record, durable=False)
 
 
+def record_outcomes(server: Server, now: float) -> None:
+    """Write the records of the jobs that ended this tick, durably, in one pass of fsyncs
+    (each file, then the directory once); only then is anyone told (hooks, dependents).
+
+    Runs after ``dispatch_pending``: the executor a job freed already has its next job
+    while these fsyncs run. Nobody learns of an outcome before it is durable: clients read
+    the record (``jobs wait``, ``logs``), and a job ``--after`` one of these judges it by
+    its record on disk (still unfinished there), so it starts on the next tick, which
+    ``dispatch_due`` makes immediate.
+    """
+    if not server.unrecorded:
+        return
+    records = list(server.unrecorded.values())
+    server.unrecorded.clear()
+    try:
+        server.store.save_jobs(records)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        for record in records:  # one by one: a full disk keeps a record in unsaved
+            save_job(server, record)
+    else:
+        for record in records:
+            server.unsaved.pop(record.id, None)
+    for record in records:
+        server.release_job_extras(record.id)
+        server.hooks.job_ended(record, now)
+    server.dispatch_due = any(r.after for r in server.jobs.values())
+
+
 def retry_unsaved_jobs(server: Server) -> None:
     for record in list(server.unsaved.values()):
         server.save_job(record)
