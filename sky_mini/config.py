@@ -67,6 +67,7 @@ DISABLE_CHOICES = frozenset(
         "secretfile",
         "slurm_lookup",
         "slurm_worker",
+        "prefork",
     }
 )
 
