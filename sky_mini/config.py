@@ -68,6 +68,7 @@ DISABLE_CHOICES = frozenset(
         "slurm_lookup",
         "slurm_worker",
         "prefork",
+        "prefork_ties",
     }
 )
 

@@ -30,12 +30,15 @@ JOB_OOM_SCORE_ADJ = 500
 SPEC_READ_CHUNK = 65536
 
 
-def prepare_job_process(executor_pid: int, disabled: frozenset[str], keep: int = -1) -> None:
+def prepare_job_process(
+    executor_pid: int, disabled: frozenset[str], keep: int = -1, *, tied: bool = True
+) -> None:
     """In a forked child: the job-independent half of becoming a job (see module doc)."""
     os.setsid()
     if "oom_score" not in disabled:
         procs.set_oom_score_adj(JOB_OOM_SCORE_ADJ)
-    procs.set_parent_death_signal(signal.SIGKILL, executor_pid)  # exits if already gone
+    if tied:
+        procs.set_parent_death_signal(signal.SIGKILL, executor_pid)  # exits if already gone
     procs.reset_signals_for_exec()
     procs.close_fds_except((0, 1, 2) if keep < 0 else (0, 1, 2, keep))
 
@@ -105,16 +108,23 @@ class ReadyChild:
 
     @classmethod
     def fork(cls, disabled: frozenset[str], role: str) -> ReadyChild:
-        """Fork it, titled for ``role`` (``executor job-0: ready``) while it waits."""
+        """Fork it, titled for ``role`` (``executor job-0: ready``) while it waits.
+
+        ``SKY_MINI_DISABLE=prefork_ties`` (test-only negative control): no parent-death
+        signal, and EOF on the spec pipe is ignored, so it outlives its executor.
+        """
+        tied = "prefork_ties" not in disabled
         executor_pid = os.getpid()
         spec_r, spec_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(spec_w)
-                prepare_job_process(executor_pid, disabled, keep=spec_r)
+                prepare_job_process(executor_pid, disabled, keep=spec_r, tied=tied)
                 procs.set_title(role)
                 spec = read_spec(spec_r)
+                while spec is None and not tied:
+                    signal.pause()
             except BaseException:  # noqa: BLE001 - never return into the executor's loop
                 os._exit(127)
             if spec is None:
