@@ -109,6 +109,7 @@ class Server:
         self.warnings: list[str] = []
         self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
         self.unrecorded: dict[int, JobRecord] = {}  # ended this tick; see record_outcomes
+        self.unwritten_starts: list[JobRecord] = []  # dispatched this tick; likewise
         self.dispatch_due = False  # a recorded outcome may let a dependent job start
         self.lock_fd = -1
         self.wake_fds: tuple[int, int] = (-1, -1)
@@ -386,9 +387,8 @@ class Server:
 
     def end_attempt(self, record: JobRecord, now: float, *, defer: bool = False) -> bool:
         """Record the attempt that just ended; True when it is queued again (``--retries``),
-        else the job is over and its hooks run. Saves the record either way: with ``defer``
-        the outcome of a job outside a group is written after this tick's dispatch
-        (``record_outcomes``), so the next job does not wait behind its fsyncs."""
+        else the job is over and its hooks run. Saves the record either way (``defer``: a
+        job outside a group after this tick's dispatch, ``publish.record_outcomes``)."""
         batch.close_attempt(record)
         if batch.should_retry(record) and self.stop_requested is None:
             delay = batch.requeue_for_retry(
@@ -513,7 +513,7 @@ class Server:
         gate.note_started(record)
         record.executor = self.backend.launch(record, placement.job_payload(self, record))
         record.started_at = now
-        self.save_job(record, durable=False)
+        self.unwritten_starts.append(record)  # after this tick's dispatch (record_outcomes)
         self.status_dirty = True
 
     def launch_remote(self, record: JobRecord) -> None:

@@ -181,3 +181,35 @@ def test_a_job_after_another_starts_once_that_outcome_is_durable(tmp_path: Any) 
     assert server.next_timeout() == 0.0  # the loop comes straight back to dispatch it
     server.dispatch_pending(server.clock())
     assert server.jobs[second.id].status is JobStatus.STARTING
+
+
+def test_starting_records_are_written_once_every_executor_has_its_job(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(str(tmp_path), cpus=2.0, memory=GiB(2), slots=2, clock=FakeClock())
+    jobs = [submit_now(server), submit_now(server)]
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    order: list[str] = []
+    real_launch = backend.launch
+    real_save = server.store.save_job
+
+    def launch(job: JobRecord, payload: dict[str, Any]) -> str:
+        order.append(f"launch {job.id}")
+        return real_launch(job, payload)
+
+    def save(record: JobRecord, *, durable: bool = True) -> None:
+        order.append(f"write {record.id} {record.status.value} durable={durable}")
+        real_save(record, durable=durable)
+
+    monkeypatch.setattr(backend, "launch", launch)
+    monkeypatch.setattr(server.store, "save_job", save)
+    server.dispatch_pending(server.clock())
+    server.record_outcomes(server.clock())
+    a, b = (j.id for j in jobs)
+    assert order == [
+        f"launch {a}",
+        f"launch {b}",
+        f"write {a} STARTING durable=False",
+        f"write {b} STARTING durable=False",
+    ]
