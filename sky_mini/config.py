@@ -69,6 +69,7 @@ DISABLE_CHOICES = frozenset(
         "slurm_worker",
         "prefork",
         "prefork_ties",
+        "slots",
     }
 )
 

@@ -1,6 +1,6 @@
 """An idle executor's ready child (``jobproc.ReadyChild``): the next job's process, forked
 ahead. It becomes the job exactly as a freshly forked one would, and never outlives its
-executor (negative control: ``SKY_MINI_DISABLE=prefork_ties``)."""
+executor (negative control: ``SKY_MINI_DISABLE=prefork_ties,slots``)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_the_next_job_runs_in_the_process_forked_ahead(sky: SkyMini) -> None:
         groups = handle.read()
     if detect_capabilities().v1_memory_root is not None:  # this host: a v1 memory group
         (memory,) = [line for line in groups.splitlines() if ":memory:" in line]
-        assert memory.endswith(f"/sky-mini-{sky.key}/job-{job}"), memory
+        assert memory.endswith(f"/sky-mini-{sky.key}/slot-job-0"), memory  # cgroups.slot
     assert " ".join(psutil.Process(ready).cmdline()).endswith("sleep 1000")
     sky.run("jobs", "cancel", str(job), check=True)
     wait_for(lambda: queue_row(sky, job)["status"] == "CANCELLED", 30, "job cancelled")
@@ -84,7 +84,9 @@ def test_without_prefork_the_job_is_forked_when_it_arrives(sky: SkyMini) -> None
     sky.run("jobs", "cancel", str(job), check=True)
 
 
-@pytest.mark.parametrize("disabled", ["", "prefork_ties"])
+# With slots on, the replacement executor also clears its slot group, killing a ready
+# child left in it: the negative control turns that off too.
+@pytest.mark.parametrize("disabled", ["", "prefork_ties,slots"])
 def test_a_ready_child_dies_with_its_executor(sky: SkyMini, disabled: str) -> None:
     if disabled:
         sky.extra_env["SKY_MINI_DISABLE"] = disabled

@@ -81,6 +81,7 @@ class Executor:
         self.exiting = False
         self.signals = LoopSignals()
         self.ready: ReadyChild | None = None  # the next job's process, forked ahead (jobproc)
+        self.slot: Any = None  # this executor's reusable job group (cgroups.slot), if any
 
     # -- setup -----------------------------------------------------------------------
 
@@ -176,6 +177,12 @@ class Executor:
         from sky_mini.cgroups import JobCgroup
 
         limit = job.limit_bytes if self.config.memory_mechanism == "cgroup" else None
+        if self.slot is not None:
+            from sky_mini.cgroups.slot import claim_slot
+
+            if claim_slot(self.slot, limit):
+                return self.slot
+            self.discard_slot()
         try:
             return JobCgroup.create(caps, self.config.cgroup_base, f"job-{job.job_id}", limit)
         except OSError as exc:
@@ -183,15 +190,49 @@ class Executor:
             return None
 
     def prepare_next_job(self) -> None:
-        """While idle: fork the next job's process ahead of its job (``jobproc``)."""
-        if self.ready is None and not self.exiting and "prefork" not in self.config.disabled:
-            self.ready = ReadyChild.fork(
-                self.config.disabled, f"executor {self.config.name}: ready"
-            )
+        """While idle: fork the next job's process ahead of its job (``jobproc``), already
+        in this executor's slot group when it has one (``cgroups.slot``)."""
+        if self.ready is not None or self.exiting or "prefork" in self.config.disabled:
+            return
+        self.open_slot()
+        joined = tuple(self.slot.procs_files()) if self.slot is not None else ()
+        self.ready = ReadyChild.fork(
+            self.config.disabled, f"executor {self.config.name}: ready", joined
+        )
+
+    def open_slot(self) -> None:
+        caps = self.config.cgroup_caps
+        disabled = self.config.disabled
+        if self.slot is not None or caps is None or {"cgroup", "slots"} & disabled:
+            return
+        from sky_mini.cgroups.slot import open_slot
+
+        with contextlib.suppress(OSError):
+            self.slot = open_slot(caps, self.config.cgroup_base, f"slot-{self.config.name}")
+
+    def discard_slot(self) -> None:
+        """Remove the slot group (and whatever is in it); jobs get their own groups until
+        the next ``open_slot``."""
+        if self.slot is not None:
+            self.slot.remove()
+            self.slot = None
+
+    def release_cgroup(self, job: RunningJob) -> None:
+        if job.cgroup is None:
+            return
+        if job.cgroup is not self.slot:
+            job.cgroup.remove()
+            return
+        from sky_mini.cgroups.slot import release_slot
+
+        if not release_slot(self.slot):
+            self.discard_slot()
 
     def spawn_phase(self, job: RunningJob) -> None:
         spec = self.job_spec(job)
         ready, self.ready = self.ready, None
+        if ready is not None and ready.joined == tuple(spec["procs_files"]):
+            spec = {**spec, "procs_files": []}  # it is in the job's groups already
         if ready is not None and ready.start(spec):
             pid = ready.pid
         else:
@@ -333,8 +374,7 @@ class Executor:
         self.kill_job_tree(job)
         self.reap_children()
         result = self.classify(job, returncode)
-        if job.cgroup is not None:
-            job.cgroup.remove()
+        self.release_cgroup(job)
         send_message(self.evt_fd, {"event": "finished", "job_id": job.job_id, **result})
         self.job = None
         return True
@@ -456,8 +496,9 @@ class Executor:
             self.log(job, f"sky-mini: {why}; killing this job")
         self.kill_job_tree(job)
         self.reap_children()
-        if job is not None and job.cgroup is not None:
+        if job is not None and job.cgroup is not None and job.cgroup is not self.slot:
             job.cgroup.remove()
+        self.discard_slot()
 
     def log(self, job: RunningJob, line: str) -> None:
         with contextlib.suppress(OSError):

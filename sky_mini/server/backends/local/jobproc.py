@@ -102,13 +102,16 @@ def fork_job(spec: dict[str, Any], disabled: frozenset[str]) -> int:
 class ReadyChild:
     """A job process forked ahead of its job, waiting for its spec (see module doc)."""
 
-    def __init__(self, pid: int, spec_fd: int) -> None:
+    def __init__(self, pid: int, spec_fd: int, joined: tuple[str, ...] = ()) -> None:
         self.pid = pid
         self.spec_fd = spec_fd
+        self.joined = joined
+        """The ``cgroup.procs`` files it joined before waiting (the executor's slot)."""
 
     @classmethod
-    def fork(cls, disabled: frozenset[str], role: str) -> ReadyChild:
-        """Fork it, titled for ``role`` (``executor job-0: ready``) while it waits.
+    def fork(cls, disabled: frozenset[str], role: str, join: tuple[str, ...] = ()) -> ReadyChild:
+        """Fork it, titled for ``role`` (``executor job-0: ready``) while it waits, in the
+        groups of ``join`` (``cgroup.procs`` files: the move is slow, see ``cgroups.slot``).
 
         ``SKY_MINI_DISABLE=prefork_ties`` (test-only negative control): no parent-death
         signal, and EOF on the spec pipe is ignored, so it outlives its executor.
@@ -122,6 +125,10 @@ class ReadyChild:
                 os.close(spec_w)
                 prepare_job_process(executor_pid, disabled, keep=spec_r, tied=tied)
                 procs.set_title(role)
+                if join:
+                    from sky_mini.cgroups import join_cgroup_files
+
+                    join_cgroup_files(join)
                 spec = read_spec(spec_r)
                 while spec is None and not tied:
                     signal.pause()
@@ -131,7 +138,7 @@ class ReadyChild:
                 os._exit(0)  # the executor let it go, or is gone
             become_job(spec)
         os.close(spec_r)
-        return cls(pid, spec_w)
+        return cls(pid, spec_w, join)
 
     def start(self, spec: dict[str, Any]) -> bool:
         """Hand the child its job; False if it is gone (the caller forks one instead)."""
