@@ -105,3 +105,17 @@ def test_a_ready_child_dies_with_its_executor(sky: SkyMini, disabled: str) -> No
         if pid_alive(ready) and psutil.Process(ready).create_time() > 0:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(ready, signal.SIGKILL)  # this test's own server forked it
+
+
+def test_a_graceful_stop_leaves_no_cgroup_of_this_home(sky: SkyMini) -> None:
+    caps = detect_capabilities()
+    roots = [r for r in (caps.v1_memory_root, caps.v2_root) if r is not None]
+    if not roots:
+        pytest.skip("no writable cgroup on this host")
+    server = sky.serve_foreground("--executors", "2")
+    sky.run("jobs", "launch", "--", "true", check=True)
+    bases = [os.path.join(root, f"sky-mini-{sky.key}") for root in roots]
+    assert all(os.path.isdir(os.path.join(b, "slot-job-0")) for b in bases)  # in use
+    sky.run("api", "stop", check=True)
+    server.wait(timeout=30)
+    assert not any(os.path.exists(b) for b in bases)  # slots and base dirs removed

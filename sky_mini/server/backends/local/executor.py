@@ -119,6 +119,7 @@ class Executor:
             if self.exiting and self.job is None:
                 if self.ready is not None:
                     self.ready.close()  # it reads EOF and exits
+                self.discard_slot()  # so the server can remove the base group
                 return 0
 
     def next_timeout(self) -> float:
