@@ -67,6 +67,9 @@ DISABLE_CHOICES = frozenset(
         "secretfile",
         "slurm_lookup",
         "slurm_worker",
+        "prefork",
+        "prefork_ties",
+        "slots",
     }
 )
 

@@ -126,7 +126,45 @@ def atomic_write_bytes(path: str, payload: bytes, *, durable: bool = True) -> No
 
 
 def atomic_write_json(path: str, data: Any, *, durable: bool = True) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=durable)
+    atomic_write_bytes(path, json_bytes(data), durable=durable)
+
+
+def json_bytes(data: Any) -> bytes:
+    return json.dumps(data, indent=1, sort_keys=True).encode()
+
+
+def atomic_write_many(files: list[tuple[str, bytes]]) -> None:
+    """Replace several files durably with one pass of fsyncs: every temp file is written and
+    fsynced, then all are renamed, then each directory is fsynced once (not once per file).
+
+    A crash leaves each file old or new, never half; once this returns all are durable.
+    """
+    written: list[tuple[str, str]] = []
+    try:
+        for path, payload in files:
+            directory, name = os.path.split(path)
+            tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, FILE_MODE)
+            written.append((tmp, path))
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        while written:
+            tmp, path = written[0]
+            os.replace(tmp, path)
+            written.pop(0)
+    except BaseException:
+        for tmp, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for directory in sorted({os.path.dirname(path) for path, _ in files}):
+        fsync_dir(directory)
 
 
 def read_bytes(path: str) -> bytes | None:
@@ -296,6 +334,10 @@ class Store:
 
     def save_job(self, record: JobRecord, *, durable: bool = True) -> None:
         atomic_write_json(self.paths.job_record(record.id), record.to_json(), durable=durable)
+
+    def save_jobs(self, records: list[JobRecord]) -> None:
+        """Write several records durably with one directory fsync (``atomic_write_many``)."""
+        atomic_write_many([(self.paths.job_record(r.id), json_bytes(r.to_json())) for r in records])
 
     def delete_job(self, job_id: int) -> None:
         log = self.paths.job_log(job_id)

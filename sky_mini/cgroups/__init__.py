@@ -6,10 +6,11 @@ supervisor running inside a container or a per-shell cgroup only touches its own
     <own v1 memory cgroup>/<base_name>/<group_name>     memory limit, oom_kill counter, peak
     <own cgroup2 cgroup>/<base_name>/<group_name>       cgroup.kill, populated, (memory.max)
 
-``base_name`` is ``sky-mini-<hash of SKY_MINI_HOME>``; ``group_name`` is ``job-42`` or
-``svc-web-1``. The forked job child writes its own pid into every group's ``cgroup.procs``
-before ``exec`` (:func:`join_cgroup_files`), so all its descendants, including those that call
-``setsid`` or double-fork, stay in the groups.
+``base_name`` is ``sky-mini-<hash of SKY_MINI_HOME>``; ``group_name`` is ``slot-job-0`` (an
+executor's group, reused job after job: :mod:`.slot`), ``job-42`` (where a slot cannot be
+reused) or ``svc-web-1``. The job process writes its own pid into every group's
+``cgroup.procs`` before ``exec`` (:func:`join_cgroup_files`), so all its descendants,
+including those that call ``setsid`` or double-fork, stay in the groups.
 
 Hosts differ: a hybrid host (these VMs) has a writable v1 ``memory`` hierarchy and a cgroup2
 hierarchy at ``/sys/fs/cgroup/unified`` without the memory controller; a pure-v2 host has both
@@ -40,7 +41,8 @@ Measured on the hybrid VMs (Linux 6.18, v1 memory + cgroup2 without memory):
 
 Parts: :mod:`.detect` (own cgroup dirs and capabilities), :mod:`.groups` (one job's groups:
 create, limit, join, kill, remove), :mod:`.oom` (OOM counters, peaks, the memory-death
-verdict), :mod:`.sweep` (a home's base dirs), :mod:`.files` (shared name rule and file I/O).
+verdict), :mod:`.slot` (an executor's reusable group), :mod:`.sweep` (a home's base dirs),
+:mod:`.files` (shared name rule and file I/O).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     wait_for_events -> handle_signals -> reap_children -> enforce_hook_timeouts
     -> handle_backend_events
     -> load_new_jobs -> handle_intents -> maintain_components -> reconcile_services
-    -> dispatch_pending -> check_autostop -> write_status
+    -> dispatch_pending -> record_outcomes -> check_autostop -> write_status
 
 Signal handlers only set flags (the wake-up fd makes ``select`` return); the loop does the
 logging, killing and state changes. Only this process moves a job past PENDING.
@@ -108,6 +108,9 @@ class Server:
         self.scan_end = 0
         self.warnings: list[str] = []
         self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
+        self.unrecorded: dict[int, JobRecord] = {}  # ended this tick; see record_outcomes
+        self.unwritten_starts: list[JobRecord] = []  # dispatched this tick; likewise
+        self.dispatch_due = False  # a recorded outcome may let a dependent job start
         self.lock_fd = -1
         self.wake_fds: tuple[int, int] = (-1, -1)
         self.signal_fds: tuple[int, int] = (-1, -1)
@@ -250,6 +253,7 @@ class Server:
         self.reconcile_services(now)
         self.maintain_http(now)
         self.dispatch_pending(now)
+        self.record_outcomes(now)
         self.check_autostop(now)
         retention.prune_history(self, now)
         retention.scan_history(self)
@@ -259,6 +263,8 @@ class Server:
         return self.shutdown_complete(now)
 
     def next_timeout(self) -> float:
+        if self.dispatch_due:
+            return 0.0
         if self.stop_requested is not None:
             return 0.1
         if self.status_dirty or self.active_dirty:  # a held-back write is due soon
@@ -374,14 +380,15 @@ class Server:
             )
             self.capacity.release(record.id)
             self.release_job_extras(record.id, final=False)
-            if not self.end_attempt(record, now):
+            if not self.end_attempt(record, now, defer=True):
                 del self.jobs[record.id]
             self.active_dirty = True
         self.status_dirty = True
 
-    def end_attempt(self, record: JobRecord, now: float) -> bool:
+    def end_attempt(self, record: JobRecord, now: float, *, defer: bool = False) -> bool:
         """Record the attempt that just ended; True when it is queued again (``--retries``),
-        else the job is over and its hooks run. Saves the record either way."""
+        else the job is over and its hooks run. Saves the record either way (``defer``: a
+        job outside a group after this tick's dispatch, ``publish.record_outcomes``)."""
         batch.close_attempt(record)
         if batch.should_retry(record) and self.stop_requested is None:
             delay = batch.requeue_for_retry(
@@ -393,6 +400,9 @@ class Server:
             self.save_job(record)
             log.info("job %d: %s, in %gs", record.id, record.reason, delay)
             return True
+        if defer and not record.group:
+            self.unrecorded[record.id] = record
+            return False
         self.save_job(record)
         self.release_job_extras(record.id)
         self.hooks.job_ended(record, now)
@@ -456,6 +466,7 @@ class Server:
 
     def dispatch_pending(self, now: float) -> None:
         """Start every PENDING job whose reservation fits, oldest first."""
+        self.dispatch_due = False
         if self.backend is None or self.stop_requested is not None:
             return
         gate = batch.build_gate(self.settings.queues, self.paths.paused, self.jobs.values())
@@ -502,7 +513,7 @@ class Server:
         gate.note_started(record)
         record.executor = self.backend.launch(record, placement.job_payload(self, record))
         record.started_at = now
-        self.save_job(record, durable=False)
+        self.unwritten_starts.append(record)  # after this tick's dispatch (record_outcomes)
         self.status_dirty = True
 
     def launch_remote(self, record: JobRecord) -> None:
@@ -565,6 +576,9 @@ class Server:
 
     def save_job(self, record: JobRecord, *, durable: bool = True) -> None:
         publish.save_job(self, record, durable=durable)
+
+    def record_outcomes(self, now: float) -> None:
+        publish.record_outcomes(self, now)
 
     def retry_unsaved_jobs(self) -> None:
         publish.retry_unsaved_jobs(self)

@@ -61,6 +61,7 @@ def shutdown_complete(server: Server, now: float) -> bool:
 def cleanup(server: Server) -> None:
     """Record what is left and release everything (the lock last)."""
     now = server.clock()
+    server.record_outcomes(now)  # jobs that ended on the last tick
     for record in list(server.jobs.values()):
         if record.status.is_active and record.infra == "local":  # Slurm's jobs run on
             record.finish(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -252,8 +253,12 @@ def test_crash_looping_executor_makes_status_degraded(sky: SkyMini) -> None:
     server = sky.serve_foreground("--executors", "1")
 
     def executor_pid() -> int | None:
-        kids = psutil.Process(server.pid).children()
-        return kids[0].pid if kids else None
+        # Not the killed executor's ready child (jobproc), briefly the server's orphan.
+        for kid in psutil.Process(server.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if kid.cmdline()[:1] == [f"sky-mini: executor job-0 [{sky.home}]"]:
+                    return kid.pid
+        return None
 
     killed: set[int] = set()
     for _ in range(MAX_RESTARTS_IN_WINDOW + 1):

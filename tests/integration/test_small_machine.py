@@ -38,10 +38,12 @@ def remove_cgroup(path: str) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for child in os.listdir(path):
-            if os.path.isdir(os.path.join(path, child)):
+        # Every group below the box, deepest first (an idle server keeps its executors'
+        # slot groups: <box>/sky-mini-<key>/slot-job-N).
+        for directory, _, _ in os.walk(path, topdown=False):
+            if directory != path:
                 with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(path, child))
+                    os.rmdir(directory)
         with contextlib.suppress(OSError):
             os.rmdir(path)
         return not os.path.exists(path)

@@ -65,6 +65,7 @@ def finish(server: Server, job_id: int, status: str, exit_code: int | None, **ex
     data = {"status": status, "exit_code": exit_code, "reason": f"job exited with code {exit_code}"}
     data.update(extra)
     server.apply_event(BackendEvent("finished", job_id, data), server.clock())
+    server.record_outcomes(server.clock())  # the tick's step after dispatch
 
 
 # -- schedules ------------------------------------------------------------------------

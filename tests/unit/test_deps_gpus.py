@@ -50,6 +50,7 @@ def finish(server: Any, job_id: int, status: JobStatus) -> None:
     from sky_mini.server.backends.base import BackendEvent
 
     server.apply_event(BackendEvent("finished", job_id, {"status": status.value}), time.time())
+    server.record_outcomes(time.time())  # the tick's step after dispatch
     assert isinstance(server.backend, FakeBackend)
     server.backend.running.pop(job_id, None)
 

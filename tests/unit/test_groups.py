@@ -189,6 +189,7 @@ def test_a_cancel_the_group_asked_for_ends_group_done(tmp_path: Path) -> None:
     plain = submit(server)
     server.dispatch_pending(300.0)
     server.apply_event(BackendEvent("finished", plain.id, event), 301.0)
+    server.record_outcomes(301.0)
     assert server.store.load_job(plain.id).reason_code == "cancelled"
 
 

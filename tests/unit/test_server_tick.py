@@ -190,6 +190,10 @@ def test_finished_event_frees_the_reservation_and_the_next_job_starts(tmp_path: 
     )
     server.dispatch_pending(server.clock())
     assert server.jobs[second.id].status is JobStatus.STARTING
+    # The next job was handed out before the outcome's durable write (record_outcomes).
+    stored = Store(server.paths).load_job(first.id)
+    assert stored is not None and not stored.status.is_terminal
+    server.record_outcomes(server.clock())
     stored = Store(server.paths).load_job(first.id)
     assert stored is not None and stored.status is JobStatus.KILLED
     assert stored.reason_code == "memory_limit"

@@ -38,7 +38,13 @@ def count_saves(server: Any, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
         writes.append(durable)
         real(record, durable=durable)
 
+    def save_many(records: list[JobRecord]) -> None:
+        writes.extend(True for _ in records)
+        real_many(records)
+
+    real_many = server.store.save_jobs
     monkeypatch.setattr(server.store, "save_job", save)
+    monkeypatch.setattr(server.store, "save_jobs", save_many)
     return writes
 
 
@@ -60,6 +66,8 @@ def test_a_job_that_starts_and_ends_within_one_poll_is_written_once_durably(
         BackendEvent("finished", job.id, FINISHED),
     ]
     server.handle_backend_events(server.clock())
+    assert writes == []  # held until this tick's dispatch is done
+    server.record_outcomes(server.clock())
     assert writes == [True]
     stored = Store(server.paths).load_job(job.id)
     assert stored is not None and stored.status is JobStatus.SUCCEEDED
@@ -111,3 +119,97 @@ def test_status_writes_are_paced_and_the_loop_wakes_for_the_held_one(tmp_path: A
     assert os.stat(server.paths.server_status).st_mtime_ns != 0
     assert not server.status_dirty
     assert written
+
+
+def test_outcomes_of_one_tick_share_one_directory_fsync_and_come_before_the_hooks(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sky_mini.state
+
+    server = make_server(str(tmp_path), cpus=2.0, memory=GiB(2), slots=2, clock=FakeClock())
+    jobs = [submit_now(server), submit_now(server)]
+    server.dispatch_pending(server.clock())
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    events: list[str] = []
+    real_fsync_dir = sky_mini.state.fsync_dir
+
+    def fsync_dir(path: str) -> None:
+        events.append("fsync_dir")
+        real_fsync_dir(path)
+
+    def job_ended(record: JobRecord, now: float) -> None:
+        on_disk = Store(server.paths).load_job(record.id)
+        assert on_disk is not None and on_disk.status is JobStatus.SUCCEEDED
+        events.append(f"told {record.id}")
+
+    monkeypatch.setattr(sky_mini.state, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(server.hooks, "job_ended", job_ended)
+    for job in jobs:
+        backend.running.pop(job.id)
+    backend.events = [BackendEvent("finished", j.id, FINISHED) for j in jobs]
+    server.handle_backend_events(server.clock())
+    assert events == []
+    server.record_outcomes(server.clock())
+    assert events == ["fsync_dir", f"told {jobs[0].id}", f"told {jobs[1].id}"]
+
+
+def test_a_job_after_another_starts_once_that_outcome_is_durable(tmp_path: Any) -> None:
+    server = make_server(str(tmp_path), cpus=2.0, memory=GiB(2), slots=2, clock=FakeClock())
+    first = submit_now(server)
+    second = Store(server.paths).create_job(
+        lambda i: JobRecord(
+            id=i,
+            task={"run": "true", "resources": {"cpus": 1.0, "memory_bytes": None}},
+            name="second",
+            log_path=server.paths.job_log(i),
+            submitted_at=server.clock(),
+            after=[first.id],
+        )
+    )
+    server.load_new_jobs()
+    server.dispatch_pending(server.clock())
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    backend.running.pop(first.id)
+    backend.events = [BackendEvent("finished", first.id, FINISHED)]
+    server.handle_backend_events(server.clock())
+    server.dispatch_pending(server.clock())
+    # Its dependency's SUCCEEDED is not on disk yet: a crash now must not have run it.
+    assert server.jobs[second.id].status is JobStatus.PENDING
+    server.record_outcomes(server.clock())
+    assert server.next_timeout() == 0.0  # the loop comes straight back to dispatch it
+    server.dispatch_pending(server.clock())
+    assert server.jobs[second.id].status is JobStatus.STARTING
+
+
+def test_starting_records_are_written_once_every_executor_has_its_job(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(str(tmp_path), cpus=2.0, memory=GiB(2), slots=2, clock=FakeClock())
+    jobs = [submit_now(server), submit_now(server)]
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    order: list[str] = []
+    real_launch = backend.launch
+    real_save = server.store.save_job
+
+    def launch(job: JobRecord, payload: dict[str, Any]) -> str:
+        order.append(f"launch {job.id}")
+        return real_launch(job, payload)
+
+    def save(record: JobRecord, *, durable: bool = True) -> None:
+        order.append(f"write {record.id} {record.status.value} durable={durable}")
+        real_save(record, durable=durable)
+
+    monkeypatch.setattr(backend, "launch", launch)
+    monkeypatch.setattr(server.store, "save_job", save)
+    server.dispatch_pending(server.clock())
+    server.record_outcomes(server.clock())
+    a, b = (j.id for j in jobs)
+    assert order == [
+        f"launch {a}",
+        f"launch {b}",
+        f"write {a} STARTING durable=False",
+        f"write {b} STARTING durable=False",
+    ]

@@ -23,16 +23,16 @@ import shutil
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from sky_mini import memguard, procs
 from sky_mini.models import JobStatus, ReasonCode, exit_code_for
+from sky_mini.server.backends.local.jobproc import ReadyChild, fork_job
 from sky_mini.server.channel import LineReader, send_message
 from sky_mini.server.tied import LoopSignals, parent_gone, parent_sentinel
 from sky_mini.units import format_size
 
 PEAK_SAMPLE_INTERVAL_SECONDS = 0.5
-JOB_OOM_SCORE_ADJ = 500
 IDLE_WAKE_SECONDS = 5.0
 SHELL = shutil.which("bash") or "/bin/sh"
 
@@ -80,6 +80,8 @@ class Executor:
         self.job: RunningJob | None = None
         self.exiting = False
         self.signals = LoopSignals()
+        self.ready: ReadyChild | None = None  # the next job's process, forked ahead (jobproc)
+        self.slot: Any = None  # this executor's reusable job group (cgroups.slot), if any
 
     # -- setup -----------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Executor:
         sentinel = parent_sentinel()
         if sentinel is not None:
             selector.register(sentinel, selectors.EVENT_READ)
+        self.prepare_next_job()
         while True:
             selector.select(self.next_timeout())
             self.signals.drain()
@@ -111,8 +114,12 @@ class Executor:
                         selector.unregister(fd)
             self.reap_children()
             self.enforce_limits(time.monotonic())
-            self.advance_job()
+            if self.advance_job():
+                self.prepare_next_job()
             if self.exiting and self.job is None:
+                if self.ready is not None:
+                    self.ready.close()  # it reads EOF and exits
+                self.discard_slot()  # so the server can remove the base group
                 return 0
 
     def next_timeout(self) -> float:
@@ -171,21 +178,72 @@ class Executor:
         from sky_mini.cgroups import JobCgroup
 
         limit = job.limit_bytes if self.config.memory_mechanism == "cgroup" else None
+        if self.slot is not None:
+            from sky_mini.cgroups.slot import claim_slot
+
+            if claim_slot(self.slot, limit):
+                return self.slot
+            self.discard_slot()
         try:
             return JobCgroup.create(caps, self.config.cgroup_base, f"job-{job.job_id}", limit)
         except OSError as exc:
             self.log(job, f"sky-mini: warning: could not create a cgroup for this job: {exc}")
             return None
 
+    def prepare_next_job(self) -> None:
+        """While idle: fork the next job's process ahead of its job (``jobproc``), already
+        in this executor's slot group when it has one (``cgroups.slot``)."""
+        if self.ready is not None or self.exiting or "prefork" in self.config.disabled:
+            return
+        self.open_slot()
+        joined = tuple(self.slot.procs_files()) if self.slot is not None else ()
+        self.ready = ReadyChild.fork(
+            self.config.disabled, f"executor {self.config.name}: ready", joined
+        )
+
+    def open_slot(self) -> None:
+        caps = self.config.cgroup_caps
+        disabled = self.config.disabled
+        if self.slot is not None or caps is None or {"cgroup", "slots"} & disabled:
+            return
+        from sky_mini.cgroups.slot import open_slot
+
+        with contextlib.suppress(OSError):
+            self.slot = open_slot(caps, self.config.cgroup_base, f"slot-{self.config.name}")
+
+    def discard_slot(self) -> None:
+        """Remove the slot group (and whatever is in it); jobs get their own groups until
+        the next ``open_slot``."""
+        if self.slot is not None:
+            self.slot.remove()
+            self.slot = None
+
+    def release_cgroup(self, job: RunningJob) -> None:
+        if job.cgroup is None:
+            return
+        if job.cgroup is not self.slot:
+            job.cgroup.remove()
+            return
+        from sky_mini.cgroups.slot import release_slot
+
+        if not release_slot(self.slot):
+            self.discard_slot()
+
     def spawn_phase(self, job: RunningJob) -> None:
-        command = job.task.get("setup") if job.phase == "setup" else job.task["run"]
-        workdir = job.task.get("workdir") or os.getcwd()
-        procs_files = job.cgroup.procs_files() if job.cgroup is not None else ()
-        pid = os.fork()
-        if pid == 0:  # the job process
-            self.exec_job(job, str(command), workdir, procs_files)
+        spec = self.job_spec(job)
+        ready, self.ready = self.ready, None
+        if ready is not None and ready.joined == tuple(spec["procs_files"]):
+            spec = {**spec, "procs_files": []}  # it is in the job's groups already
+        if ready is not None and ready.start(spec):
+            pid = ready.pid
+        else:
+            pid = fork_job(spec, self.config.disabled)
         job.pid = pid
         job.status = None
+        # Under a cgroup the kernel enforces the limit and keeps the peak: the first /proc
+        # walk can wait (it would only compete with the job's exec for the CPU).
+        if self.memory_mechanism_for(job) != "watchdog":
+            job.next_sample = time.monotonic() + PEAK_SAMPLE_INTERVAL_SECONDS
         send_message(
             self.evt_fd,
             {
@@ -213,48 +271,19 @@ class Executor:
             return "cgroup"
         return "watchdog"
 
-    def exec_job(
-        self, job: RunningJob, command: str, workdir: str, procs_files: tuple[str, ...]
-    ) -> NoReturn:
-        """In the forked child: become the job and exec its shell. Never returns."""
-        try:
-            os.setsid()
-            if procs_files:
-                from sky_mini.cgroups import join_cgroup_files
-
-                join_cgroup_files(procs_files)
-            if "oom_score" not in self.config.disabled:
-                procs.set_oom_score_adj(JOB_OOM_SCORE_ADJ)
-            if self.uses_data_limit(job):
-                memguard.apply_data_limit(int(job.limit_bytes or 0))
-            procs.set_parent_death_signal(signal.SIGKILL, os.getppid())
-            procs.reset_signals_for_exec()
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-            log_fd = os.open(job.log_path, flags, 0o600)
-            null_fd = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null_fd, 0)
-            os.dup2(log_fd, 1)
-            os.dup2(log_fd, 2)
-            procs.close_fds_except((0, 1, 2))
-            try:
-                os.chdir(workdir)
-            except OSError as exc:
-                os.write(2, f"sky-mini: cannot enter workdir {workdir}: {exc}\n".encode())
-                os._exit(127)
-            first_phase = "setup" if job.task.get("setup") else "run"
-            if job.task.get("file_mounts") and job.phase == first_phase:
-                from sky_mini.mounts import link_file_mounts
-
-                try:
-                    link_file_mounts(job.task["file_mounts"])
-                except OSError as exc:
-                    os.write(2, f"sky-mini: cannot make file_mounts: {exc}\n".encode())
-                    os._exit(126)
-            os.execve(SHELL, [SHELL, "-c", command], job.env)
-        except BaseException as exc:  # noqa: BLE001 - the child must never return into Python
-            with contextlib.suppress(BaseException):
-                os.write(2, f"sky-mini: cannot start the job: {exc}\n".encode())
-        os._exit(127)
+    def job_spec(self, job: RunningJob) -> dict[str, Any]:
+        """What the job process needs to become this phase of the job (``become_job``)."""
+        first_phase = "setup" if job.task.get("setup") else "run"
+        return {
+            "command": str(job.task.get("setup") if job.phase == "setup" else job.task["run"]),
+            "shell": SHELL,
+            "workdir": job.task.get("workdir") or os.getcwd(),
+            "log_path": job.log_path,
+            "env": job.env,
+            "procs_files": list(job.cgroup.procs_files()) if job.cgroup is not None else [],
+            "data_limit": job.limit_bytes if self.uses_data_limit(job) else None,
+            "file_mounts": job.task.get("file_mounts") if job.phase == first_phase else None,
+        }
 
     def stop_job(self, reason: str, grace: float) -> None:
         """TERM the job's group now, KILL everything left after ``grace`` seconds."""
@@ -275,6 +304,10 @@ class Executor:
 
     def reap_children(self) -> None:
         for pid, status, peak in procs.reap_any_with_rusage():
+            if self.ready is not None and pid == self.ready.pid:
+                self.ready.close()  # it died waiting; the next job is forked when it comes
+                self.ready = None
+                continue
             if self.job is not None:
                 # Every child of this executor is the job or one of its orphans.
                 self.job.peak_bytes = max(self.job.peak_bytes, peak)
@@ -323,10 +356,11 @@ class Executor:
         if "subreaper" not in self.config.disabled:
             procs.kill_descendants(os.getpid())
 
-    def advance_job(self) -> None:
+    def advance_job(self) -> bool:
+        """Move the job on once its process has exited; True when the job is over."""
         job = self.job
         if job is None or job.status is None:
-            return
+            return False
         returncode = procs.returncode_from_status(job.status)
         if (
             job.phase == "setup"
@@ -336,15 +370,15 @@ class Executor:
         ):
             job.phase = "run"
             self.spawn_phase(job)
-            return
+            return False
         # The main process is gone: nothing of the job may outlive it.
         self.kill_job_tree(job)
         self.reap_children()
         result = self.classify(job, returncode)
-        if job.cgroup is not None:
-            job.cgroup.remove()
+        self.release_cgroup(job)
         send_message(self.evt_fd, {"event": "finished", "job_id": job.job_id, **result})
         self.job = None
+        return True
 
     def classify(self, job: RunningJob, returncode: int) -> dict[str, Any]:
         """Turn how the job ended into a status, reason and reason code."""
@@ -463,8 +497,9 @@ class Executor:
             self.log(job, f"sky-mini: {why}; killing this job")
         self.kill_job_tree(job)
         self.reap_children()
-        if job is not None and job.cgroup is not None:
+        if job is not None and job.cgroup is not None and job.cgroup is not self.slot:
             job.cgroup.remove()
+        self.discard_slot()
 
     def log(self, job: RunningJob, line: str) -> None:
         with contextlib.suppress(OSError):
