@@ -26,7 +26,9 @@ STATUS_MIN_INTERVAL_SECONDS = 0.25
 Each write is a rename, which waits for the journal behind every fsync on the disk (2.7 ms
 each in a profiled drain on a busy machine): at 50 ms these two were 40 % of the server's
 renames. Neither needs to be fresher: a stale active index only lists finished jobs as
-unfinished, and job states are read from the records."""
+unfinished, and job states are read from the records. Only while jobs wait to be dispatched
+(a queue draining): once none is PENDING, the next tick writes both at once, so a job's end
+and its executor's freeing show together in ``api status`` and ``/metrics``."""
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -111,11 +113,18 @@ def retry_unsaved_jobs(server: Server) -> None:
         server.save_job(record)
 
 
+def held_back(server: Server, last_write: float, now: float) -> bool:
+    """True while a queue drains and the last write was under the pacing interval ago."""
+    return now - last_write < STATUS_MIN_INTERVAL_SECONDS and any(
+        r.status is JobStatus.PENDING for r in server.jobs.values()
+    )
+
+
 def write_active_index(server: Server, *, force: bool = False) -> None:
     if not server.active_dirty:
         return
     now = server.clock()
-    if not force and now - server.last_active_write < STATUS_MIN_INTERVAL_SECONDS:
+    if not force and held_back(server, server.last_active_write, now):
         return  # still dirty; a stale index only lists finished jobs as unfinished
     try:
         server.store.write_active(sorted(server.jobs), server.seen_through)
@@ -133,7 +142,7 @@ def write_status(server: Server, *, force: bool = False, state: str | None = Non
         force or server.status_dirty or now - server.last_status_write >= STATUS_HEARTBEAT_SECONDS
     ):
         return
-    if not force and now - server.last_status_write < STATUS_MIN_INTERVAL_SECONDS:
+    if not force and held_back(server, server.last_status_write, now):
         return  # still dirty: a tick writes it at most STATUS_MIN_INTERVAL_SECONDS later
     if state is None:
         state = "stopping" if server.stop_requested is not None else "running"

@@ -104,9 +104,14 @@ def test_a_waiting_reason_is_written_once_the_job_has_waited(tmp_path: Any) -> N
     assert on_disk is not None and on_disk.reason == reason
 
 
-def test_status_writes_are_paced_and_the_loop_wakes_for_the_held_one(tmp_path: Any) -> None:
+def test_status_writes_are_paced_while_a_queue_drains_and_the_loop_wakes_for_the_held_one(
+    tmp_path: Any,
+) -> None:
     clock = FakeClock()
     server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=clock)
+    submit_now(server)
+    submit_now(server)
+    server.dispatch_pending(clock())  # one runs, one is PENDING: a queue draining
     server.write_status(force=True)
     written = os.stat(server.paths.server_status).st_mtime_ns
     os.utime(server.paths.server_status, ns=(0, 0))
@@ -119,6 +124,19 @@ def test_status_writes_are_paced_and_the_loop_wakes_for_the_held_one(tmp_path: A
     assert os.stat(server.paths.server_status).st_mtime_ns != 0
     assert not server.status_dirty
     assert written
+
+
+def test_with_nothing_pending_a_status_change_is_written_at_once(tmp_path: Any) -> None:
+    clock = FakeClock()
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=clock)
+    submit_now(server)
+    server.dispatch_pending(clock())  # it runs; nothing waits behind it
+    server.write_status(force=True)
+    os.utime(server.paths.server_status, ns=(0, 0))
+    server.status_dirty = True
+    server.write_status()
+    assert os.stat(server.paths.server_status).st_mtime_ns != 0
+    assert not server.status_dirty
 
 
 def test_outcomes_of_one_tick_share_one_directory_fsync_and_come_before_the_hooks(
