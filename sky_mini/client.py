@@ -76,6 +76,13 @@ def wake_server(paths: Paths) -> bool:
     return True
 
 
+def wake_early(paths: Paths) -> None:
+    """A new record is readable: poke the server now, while the submitter still fsyncs the
+    directory (``jobs launch`` pokes again, or starts a server, once the ID is durable)."""
+    with contextlib.suppress(OSError):
+        wake_server(paths)
+
+
 def read_status(paths: Paths) -> dict[str, Any] | None:
     """The running server's status snapshot, or None when no server runs."""
     if not server_running(paths):
@@ -317,7 +324,7 @@ def submit_job(
     recorded client environment."""
     store = Store(paths)
     build = record_builder(paths, task, name, env, fields, secrets)
-    return with_store_errors(paths, lambda: store.create_job(build))
+    return with_store_errors(paths, lambda: store.create_job(build, lambda: wake_early(paths)))
 
 
 def submit_unique_job(
@@ -335,7 +342,10 @@ def submit_unique_job(
     build = record_builder(paths, task, name, None, fields, secrets)
     locked = not is_disabled("unique_lock")
     return with_store_errors(
-        paths, lambda: store.create_unique_job(name, build, check_under_lock=locked)
+        paths,
+        lambda: store.create_unique_job(
+            name, build, check_under_lock=locked, on_visible=lambda: wake_early(paths)
+        ),
     )
 
 

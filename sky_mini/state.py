@@ -96,8 +96,17 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str, payload: bytes, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``payload`` atomically (readers see old or new, never half)."""
+def atomic_write_bytes(
+    path: str,
+    payload: bytes,
+    *,
+    durable: bool = True,
+    on_visible: Callable[[], object] | None = None,
+) -> None:
+    """Replace ``path`` with ``payload`` atomically (readers see old or new, never half).
+
+    ``on_visible`` runs once the new file can be read, before the directory's fsync: a new
+    job's record wakes the server while its submitter still makes the record durable."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -121,12 +130,16 @@ def atomic_write_bytes(path: str, payload: bytes, *, durable: bool = True) -> No
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if on_visible is not None:
+        on_visible()
     if durable:
         fsync_dir(directory)
 
 
-def atomic_write_json(path: str, data: Any, *, durable: bool = True) -> None:
-    atomic_write_bytes(path, json_bytes(data), durable=durable)
+def atomic_write_json(
+    path: str, data: Any, *, durable: bool = True, on_visible: Callable[[], object] | None = None
+) -> None:
+    atomic_write_bytes(path, json_bytes(data), durable=durable, on_visible=on_visible)
 
 
 def json_bytes(data: Any) -> bytes:
@@ -224,17 +237,24 @@ class Store:
 
     # -- job IDs and records --------------------------------------------------------
 
-    def create_job(self, build: Callable[[int], JobRecord]) -> JobRecord:
+    def create_job(
+        self, build: Callable[[int], JobRecord], on_visible: Callable[[], object] | None = None
+    ) -> JobRecord:
         """Allocate the next ID and durably write the record ``build(id)`` under the ID lock.
 
         The record is written before the counter moves, so a crash between the two leaves a
         record the next allocation steps over: IDs stay dense and are never reused.
         """
         with flocked(self.paths.id_lock):
-            return self._create_locked(build)
+            return self._create_locked(build, on_visible)
 
     def create_unique_job(
-        self, name: str, build: Callable[[int], JobRecord], *, check_under_lock: bool = True
+        self,
+        name: str,
+        build: Callable[[int], JobRecord],
+        *,
+        check_under_lock: bool = True,
+        on_visible: Callable[[], object] | None = None,
     ) -> tuple[JobRecord, bool]:
         """``--unique``: (the unfinished job named ``name``, True) if there is one, else
         (a new record, False). Check and create happen under the ID lock, so concurrent
@@ -249,7 +269,7 @@ class Store:
             existing = self.find_unfinished(name) if check_under_lock else early
             if existing is not None:
                 return existing, True
-            return self._create_locked(build), False
+            return self._create_locked(build, on_visible), False
 
     def find_unfinished(self, name: str) -> JobRecord | None:
         active, seen_through = self.read_active()
@@ -261,8 +281,11 @@ class Store:
                 return record
         return None
 
-    def _create_locked(self, build: Callable[[int], JobRecord]) -> JobRecord:
-        """Allocate and write under the ID lock, which the caller holds."""
+    def _create_locked(
+        self, build: Callable[[int], JobRecord], on_visible: Callable[[], object] | None = None
+    ) -> JobRecord:
+        """Allocate and write under the ID lock, which the caller holds (``on_visible``: see
+        :func:`atomic_write_bytes`; the server finds a record past the counter, next_id)."""
         job_id = max(self._read_next_id(), self._seen_through() + 1)
         # A record or log already there means the ID was given out (the counter may be
         # behind after a crash, or damaged): step over it, never reuse it.
@@ -271,7 +294,7 @@ class Store:
         ):
             job_id += 1
         record = build(job_id)
-        atomic_write_json(self.paths.job_record(job_id), record.to_json())
+        atomic_write_json(self.paths.job_record(job_id), record.to_json(), on_visible=on_visible)
         # Not fsynced: if the counter is lost in a crash, next_id() and the loop above
         # step over the durable record, so the ID is still never reused.
         atomic_write_bytes(self.paths.next_id, f"{job_id + 1}\n".encode(), durable=False)

@@ -231,3 +231,38 @@ def test_starting_records_are_written_once_every_executor_has_its_job(
         f"write {a} STARTING durable=False",
         f"write {b} STARTING durable=False",
     ]
+
+
+def test_a_new_record_wakes_the_server_once_readable_and_before_its_directory_fsync(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sky_mini.state
+
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
+    store = Store(server.paths)
+    events: list[str] = []
+    real_fsync_dir = sky_mini.state.fsync_dir
+
+    def fsync_dir(path: str) -> None:
+        events.append("fsync_dir")
+        real_fsync_dir(path)
+
+    def woken() -> None:
+        # What the server's load_new_jobs does on a wake-up: the record is there to adopt,
+        # although the counter has not moved yet.
+        events.append(f"wake next_id={store.next_id()}")
+        server.load_new_jobs()
+
+    monkeypatch.setattr(sky_mini.state, "fsync_dir", fsync_dir)
+    record = store.create_job(
+        lambda i: JobRecord(
+            id=i,
+            task={"run": "true", "resources": {"cpus": 1.0, "memory_bytes": None}},
+            name=f"j{i}",
+            log_path=server.paths.job_log(i),
+            submitted_at=server.clock(),
+        ),
+        woken,
+    )
+    assert events == ["wake next_id=2", "fsync_dir"]
+    assert record.id in server.jobs  # adopted from the wake-up alone
