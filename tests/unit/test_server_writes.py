@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,16 +16,18 @@ from tests.helpers import FakeClock
 from tests.unit.test_server_tick import FakeBackend, GiB, make_server
 
 
-def submit_now(server: Any) -> JobRecord:
-    record = Store(server.paths).create_job(
-        lambda i: JobRecord(
-            id=i,
-            task={"run": "true", "resources": {"cpus": 1.0, "memory_bytes": None}},
-            name=f"j{i}",
-            log_path=server.paths.job_log(i),
-            submitted_at=server.clock(),
-        )
+def builder(server: Any) -> Callable[[int], JobRecord]:
+    return lambda i: JobRecord(
+        id=i,
+        task={"run": "true", "resources": {"cpus": 1.0, "memory_bytes": None}},
+        name=f"j{i}",
+        log_path=server.paths.job_log(i),
+        submitted_at=server.clock(),
     )
+
+
+def submit_now(server: Any) -> JobRecord:
+    record = Store(server.paths).create_job(builder(server))
     server.load_new_jobs()
     return record
 
@@ -254,15 +257,6 @@ def test_a_new_record_wakes_the_server_once_readable_and_before_its_directory_fs
         server.load_new_jobs()
 
     monkeypatch.setattr(sky_mini.state, "fsync_dir", fsync_dir)
-    record = store.create_job(
-        lambda i: JobRecord(
-            id=i,
-            task={"run": "true", "resources": {"cpus": 1.0, "memory_bytes": None}},
-            name=f"j{i}",
-            log_path=server.paths.job_log(i),
-            submitted_at=server.clock(),
-        ),
-        woken,
-    )
+    record = store.create_job(builder(server), woken)
     assert events == ["wake next_id=2", "fsync_dir"]
     assert record.id in server.jobs  # adopted from the wake-up alone
