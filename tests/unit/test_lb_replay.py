@@ -64,23 +64,9 @@ def balancer() -> Iterator[tuple[Runtime, int, threading.Event]]:
     dying, dying_listener = replica(1, 1, b"A")  # answers once per connection, then "dies"
     healthy, healthy_listener = replica(2, 1000, b"B")
     rt = Runtime([dying, healthy])
-    selector = selectors.DefaultSelector()
-    lb = LoadBalancer(selector)
-    lb.bind(rt, 0.0)  # type: ignore[arg-type]
-    assert rt.lb_port
     stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            for key, mask in selector.select(0.02):
-                kind, data = key.data
-                if kind == "lb":
-                    lb.accept(data)
-                else:
-                    lb.handle_connection(data, key.fileobj, mask)  # type: ignore[arg-type]
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
+    lb, thread = run_balancer(rt, stop)
+    assert rt.lb_port
     yield rt, rt.lb_port, stop
     stop.set()
     thread.join(5)
