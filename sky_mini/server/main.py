@@ -33,7 +33,7 @@ from typing import Any
 
 from sky_mini import __version__, procs
 from sky_mini.config import Settings
-from sky_mini.models import JobRecord, JobStatus, ReasonCode
+from sky_mini.models import JobRecord, JobStatus
 from sky_mini.paths import Paths, ensure_dirs
 from sky_mini.server import (
     batch,
@@ -426,31 +426,7 @@ class Server:
             self.status_dirty = True
 
     def handle_intents(self, now: float) -> None:
-        for kind, job_id in self.store.take_intents():
-            if kind != "cancel":
-                log.warning("ignoring unknown intent %s-%d", kind, job_id)
-                continue
-            record = self.jobs.get(job_id)
-            if record is None:
-                continue
-            if record.infra != "local" and record.executor is not None:
-                log.info("cancelling job %d on %s", job_id, record.infra)
-                self.remote.for_infra(record.infra).stop(
-                    job_id, "cancel", self.settings.kill_grace_seconds
-                )
-            elif record.status is JobStatus.PENDING:
-                reason = "cancelled by user before it started"
-                placement.end_unstarted(
-                    self, record, JobStatus.CANCELLED, reason, ReasonCode.CANCELLED, now
-                )
-                log.info("job %d CANCELLED before it started", job_id)
-            elif self.backend is not None:
-                log.info(
-                    "cancelling job %d (SIGTERM, SIGKILL after %gs)",
-                    job_id,
-                    self.settings.kill_grace_seconds,
-                )
-                self.backend.stop(job_id, "cancel", self.settings.kill_grace_seconds)
+        placement.handle_intents(self, now)
 
     def maintain_components(self) -> None:
         if self.backend is None or self.stop_requested is not None:
@@ -517,27 +493,7 @@ class Server:
         self.status_dirty = True
 
     def launch_remote(self, record: JobRecord) -> None:
-        """Hand a job to its cluster once; its queue decides when it starts."""
-        if record.executor is not None:
-            return
-        backend = self.remote.for_infra(record.infra)
-        waiting = "waiting for the Slurm controller (sbatch cannot reach it); see api status"
-        if backend.free_slots() <= 0:
-            self.note_waiting(record, waiting)
-            return
-        secrets: dict[str, str] = {}
-        if record.task.get("secrets"):
-            from sky_mini.jobsecrets import read_secrets
-
-            secrets = read_secrets(self.paths.job_secrets(record.id))
-        where = backend.launch(record, {"secrets": secrets})
-        if not where:
-            self.note_waiting(record, waiting)
-            return
-        record.executor = where
-        record.reason = "submitted to Slurm"
-        self.save_job(record, durable=False)
-        self.status_dirty = True
+        placement.launch_remote(self, record)
 
     def note_waiting(self, record: JobRecord, reason: str, now: float | None = None) -> None:
         publish.note_waiting(self, record, reason, self.clock() if now is None else now)

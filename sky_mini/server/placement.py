@@ -1,6 +1,7 @@
 """What a job needs before it starts, and gives back when it ends: its dependencies
-(``after``), its GPUs, its environment (envs, secrets, SkyPilot's variables), and the
-verdict for a job this machine can never run.
+(``after``), its GPUs, its environment (envs, secrets, SkyPilot's variables), the verdict
+for a job this machine can never run, the hand-over of a job to its cluster, and a cancel
+a client asked for.
 
 Functions of the server (``server`` is :class:`sky_mini.server.main.Server`), called from
 ``dispatch_pending`` and wherever a job ends.
@@ -119,3 +120,54 @@ def end_unstarted(
     server.active_dirty = True
     server.status_dirty = True
     server.hooks.job_ended(record, now)
+
+
+def launch_remote(server: Server, record: JobRecord) -> None:
+    """Hand a job to its cluster once; its queue decides when it starts."""
+    if record.executor is not None:
+        return
+    backend = server.remote.for_infra(record.infra)
+    waiting = "waiting for the Slurm controller (sbatch cannot reach it); see api status"
+    if backend.free_slots() <= 0:
+        server.note_waiting(record, waiting)
+        return
+    secrets: dict[str, str] = {}
+    if record.task.get("secrets"):
+        from sky_mini.jobsecrets import read_secrets
+
+        secrets = read_secrets(server.paths.job_secrets(record.id))
+    where = backend.launch(record, {"secrets": secrets})
+    if not where:
+        server.note_waiting(record, waiting)
+        return
+    record.executor = where
+    record.reason = "submitted to Slurm"
+    server.save_job(record, durable=False)
+    server.status_dirty = True
+
+
+def handle_intents(server: Server, now: float) -> None:
+    """Act on what clients asked for in ``intents/`` (today only ``cancel-<id>``)."""
+    for kind, job_id in server.store.take_intents():
+        if kind != "cancel":
+            log.warning("ignoring unknown intent %s-%d", kind, job_id)
+            continue
+        record = server.jobs.get(job_id)
+        if record is None:
+            continue
+        if record.infra != "local" and record.executor is not None:
+            log.info("cancelling job %d on %s", job_id, record.infra)
+            server.remote.for_infra(record.infra).stop(
+                job_id, "cancel", server.settings.kill_grace_seconds
+            )
+        elif record.status is JobStatus.PENDING:
+            reason = "cancelled by user before it started"
+            end_unstarted(server, record, JobStatus.CANCELLED, reason, ReasonCode.CANCELLED, now)
+            log.info("job %d CANCELLED before it started", job_id)
+        elif server.backend is not None:
+            log.info(
+                "cancelling job %d (SIGTERM, SIGKILL after %gs)",
+                job_id,
+                server.settings.kill_grace_seconds,
+            )
+            server.backend.stop(job_id, "cancel", server.settings.kill_grace_seconds)
