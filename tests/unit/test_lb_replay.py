@@ -126,22 +126,8 @@ def closing_balancer(request: pytest.FixtureRequest) -> Iterator[tuple[int, Runt
     first.port = listener.getsockname()[1]
     healthy, healthy_listener = replica(2, 1000, b"B")
     rt = Runtime([first, healthy])
-    selector = selectors.DefaultSelector()
-    lb = LoadBalancer(selector)
-    lb.bind(rt, 0.0)  # type: ignore[arg-type]
     stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            for key, mask in selector.select(0.02):
-                kind, data = key.data
-                if kind == "lb":
-                    lb.accept(data)
-                else:
-                    lb.handle_connection(data, key.fileobj, mask)  # type: ignore[arg-type]
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
+    lb, thread = run_balancer(rt, stop)
     assert rt.lb_port
     yield rt.lb_port, rt
     stop.set()

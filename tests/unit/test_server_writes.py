@@ -55,15 +55,22 @@ STARTED = {"phase": "run", "pid": 4242, "pgid": 4242, "create_time": 1.0, "execu
 FINISHED = {"status": "SUCCEEDED", "exit_code": 0}
 
 
-def test_a_job_that_starts_and_ends_within_one_poll_is_written_once_durably(
+def one_dispatched(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Any, JobRecord, FakeBackend, list[bool]]:
+    """A one-slot server that has just dispatched one job, its saves counted from here."""
     server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
     job = submit_now(server)
     server.dispatch_pending(server.clock())
     backend = server.backend
     assert isinstance(backend, FakeBackend)
-    writes = count_saves(server, monkeypatch)
+    return server, job, backend, count_saves(server, monkeypatch)
+
+
+def test_a_job_that_starts_and_ends_within_one_poll_is_written_once_durably(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
     backend.events = [
         BackendEvent("started", job.id, STARTED),
         BackendEvent("finished", job.id, FINISHED),
@@ -78,12 +85,7 @@ def test_a_job_that_starts_and_ends_within_one_poll_is_written_once_durably(
 
 
 def test_a_start_alone_is_still_written(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
-    job = submit_now(server)
-    server.dispatch_pending(server.clock())
-    backend = server.backend
-    assert isinstance(backend, FakeBackend)
-    writes = count_saves(server, monkeypatch)
+    server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
     backend.events = [BackendEvent("started", job.id, STARTED)]
     server.handle_backend_events(server.clock())
     assert writes == [False]
