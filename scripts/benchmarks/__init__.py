@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ from scripts.benchmarks import (
     drain,
     followers,
     footprint,
+    harness,
     http,
     kill9,
     latency,
@@ -74,7 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these measurements (repeatable)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print rows as they come")
+    parser.add_argument(
+        "--disable",
+        metavar="LIST",
+        default="",
+        help="run every server with SKY_MINI_DISABLE=LIST (an A/B run of one switch)",
+    )
     args = parser.parse_args(argv)
+    if args.disable:
+        from sky_mini.config import parse_disabled
+
+        parse_disabled(args.disable)  # a typo fails here, not in the first server
+        os.environ[harness.BENCH_DISABLE_ENV] = args.disable
     if not sys.platform.startswith("linux"):
         print("scripts/bench measures a Linux supervisor; run it on Linux", file=sys.stderr)
         return 2

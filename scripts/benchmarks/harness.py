@@ -75,8 +75,13 @@ class Bench:
             print(f"  {section}: {metric} = {value} {unit} {note}", file=sys.stderr)
 
 
+BENCH_DISABLE_ENV = "SKY_MINI_BENCH_DISABLE"  # set by ``--disable``: passed on as below
+
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKY_MINI_")}
+    if os.environ.get(BENCH_DISABLE_ENV):
+        env["SKY_MINI_DISABLE"] = os.environ[BENCH_DISABLE_ENV]
     # Measure what an installed sky-mini costs: with cached bytecode (pip compiles it).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
