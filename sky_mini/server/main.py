@@ -110,6 +110,7 @@ class Server:
         self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
         self.unrecorded: dict[int, JobRecord] = {}  # ended this tick; see record_outcomes
         self.unwritten_starts: list[JobRecord] = []  # dispatched this tick; likewise
+        self.unwritten_runs: dict[int, float] = {}  # started: written at this time or never
         self.dispatch_due = False  # a recorded outcome may let a dependent job start
         self.lock_fd = -1
         self.wake_fds: tuple[int, int] = (-1, -1)
@@ -267,11 +268,13 @@ class Server:
             return 0.0
         if self.stop_requested is not None:
             return 0.1
+        timeout = TICK_SECONDS
         if self.status_dirty or self.active_dirty:  # a held-back write is due soon
             last = min(self.last_status_write, self.last_active_write)
-            due = last + publish.STATUS_MIN_INTERVAL_SECONDS - self.clock()
-            return min(TICK_SECONDS, max(0.0, due))
-        return TICK_SECONDS
+            timeout = last + publish.STATUS_MIN_INTERVAL_SECONDS - self.clock()
+        if self.unwritten_runs:  # a start's record is due (publish.write_due_starts)
+            timeout = min(timeout, min(self.unwritten_runs.values()) - self.clock())
+        return min(TICK_SECONDS, max(0.0, timeout))
 
     def wait_for_events(self, timeout: float) -> None:
         components.register_child_sentinels(self)
@@ -358,8 +361,9 @@ class Server:
             record.executor = data.get("executor")
             record.reason = None
             if save:
-                self.save_job(record, durable=False)
+                publish.defer_start_write(self, record, now)
         elif event.kind == "finished":
+            self.unwritten_runs.pop(record.id, None)  # this end's write carries the start
             data = groups.relabel_stopped(record, data)
             status = JobStatus(data.get("status", JobStatus.FAILED.value))
             record.finish(

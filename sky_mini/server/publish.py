@@ -71,6 +71,28 @@ def note_waiting(server: Server, record: JobRecord, reason: str, now: float) -> 
     server.save_job(record, durable=False)
 
 
+START_WRITE_DELAY_SECONDS = 0.05
+"""How long a started job's record (RUNNING, its PID and groups) may wait to be written: a
+job that ends sooner is written once, when it ends. Its STARTING record is on disk already
+(``record_outcomes``), so a server that dies in between never runs it again."""
+
+
+def defer_start_write(server: Server, record: JobRecord, now: float) -> None:
+    """Write the record of a job that just started once it has run a moment (see above)."""
+    server.unwritten_runs.setdefault(record.id, now + START_WRITE_DELAY_SECONDS)
+
+
+def write_due_starts(server: Server, now: float) -> None:
+    """Write the started records whose moment has come (not durably, as before)."""
+    for job_id, due in list(server.unwritten_runs.items()):
+        if due > now:
+            continue
+        del server.unwritten_runs[job_id]
+        record = server.jobs.get(job_id)
+        if record is not None and record.status.is_active:
+            save_job(server, record, durable=False)
+
+
 def record_outcomes(server: Server, now: float) -> None:
     """Write the records of the jobs that ended this tick, durably, in one pass of fsyncs
     (each file, then the directory once); only then is anyone told (hooks, dependents).
@@ -88,6 +110,8 @@ def record_outcomes(server: Server, now: float) -> None:
     for record in starts:
         if record.status is JobStatus.STARTING:  # not already moved on (a group's stop)
             save_job(server, record, durable=False)
+    if server.unwritten_runs:
+        write_due_starts(server, now)
     if not server.unrecorded:
         return
     records = list(server.unrecorded.values())

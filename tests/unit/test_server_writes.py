@@ -84,13 +84,55 @@ def test_a_job_that_starts_and_ends_within_one_poll_is_written_once_durably(
     assert stored.pid == 4242  # the start's facts are in the one write
 
 
-def test_a_start_alone_is_still_written(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_start_alone_is_written_once_the_job_has_run_a_moment(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
+    server.record_outcomes(server.clock())
+    assert writes == [False]  # STARTING: on disk before the job can have done anything
     backend.events = [BackendEvent("started", job.id, STARTED)]
     server.handle_backend_events(server.clock())
-    assert writes == [False]
+    server.record_outcomes(server.clock())
+    assert writes == [False]  # RUNNING waits a moment: a job that ends sooner is written once
+    server.status_dirty = server.active_dirty = False  # nothing else due: the loop wakes
+    assert server.next_timeout() == pytest.approx(publish.START_WRITE_DELAY_SECONDS)  # to write
+    server.clock.now += publish.START_WRITE_DELAY_SECONDS
+    assert server.next_timeout() == 0
+    server.record_outcomes(server.clock())
+    assert writes == [False, False]
     stored = Store(server.paths).load_job(job.id)
     assert stored is not None and stored.status is JobStatus.RUNNING and stored.pid == 4242
+
+
+def test_a_job_that_ends_within_the_moment_is_written_once_more_durably(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
+    server.record_outcomes(server.clock())
+    backend.events = [BackendEvent("started", job.id, STARTED)]
+    server.handle_backend_events(server.clock())
+    server.record_outcomes(server.clock())
+    server.clock.now += publish.START_WRITE_DELAY_SECONDS / 2
+    backend.events = [BackendEvent("finished", job.id, FINISHED)]
+    server.handle_backend_events(server.clock())
+    server.record_outcomes(server.clock())
+    server.clock.now += publish.START_WRITE_DELAY_SECONDS
+    server.record_outcomes(server.clock())
+    assert writes == [False, True]  # STARTING, then the end with the start's facts
+    stored = Store(server.paths).load_job(job.id)
+    assert stored is not None and stored.status is JobStatus.SUCCEEDED and stored.pid == 4242
+
+
+def test_a_server_that_dies_before_the_running_write_does_not_run_the_job_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
+    server.record_outcomes(server.clock())
+    backend.events = [BackendEvent("started", job.id, STARTED)]
+    server.handle_backend_events(server.clock())
+    # A new server reading the home now finds the job may have started: it is not PENDING.
+    stored = Store(server.paths).load_job(job.id)
+    assert stored is not None and stored.status is JobStatus.STARTING
 
 
 def test_a_waiting_reason_is_written_once_the_job_has_waited(tmp_path: Any) -> None:
