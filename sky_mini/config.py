@@ -70,6 +70,7 @@ DISABLE_CHOICES = frozenset(
         "prefork",
         "prefork_ties",
         "slots",
+        "launcher",
     }
 )
 

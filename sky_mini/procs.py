@@ -204,6 +204,11 @@ def ensure_title_room(home: str) -> None:
     os.environ.pop(TITLE_ROOM_ENV, None)  # exec failed: run with a shortened title
 
 
+def title_of(role: str) -> str:
+    """The title :func:`set_title` gives ``role`` in this process (for a spawned child)."""
+    return title_for(role, _title_home)
+
+
 def set_title(role: str, home: str | None = None) -> None:
     """Set this process's title (``ps -o args``) for ``role``, naming the home if needed.
 

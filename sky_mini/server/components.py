@@ -16,14 +16,21 @@ if TYPE_CHECKING:
 
 def create_backend(server: Server) -> None:
     """Build the backend (nothing runs yet: ``reattach`` comes before ``start``)."""
-    from sky_mini.server.backends.local import LocalBackend
+    import os
 
+    from sky_mini.server.backends.local import LocalBackend
+    from sky_mini.server.backends.local.launcher import find_launcher
+
+    disabled = server.settings.disabled
+    launcher, note = find_launcher(os.path.join(server.paths.home, "cache", "bin"), disabled)
+    server.details["job_launcher"] = note
     backend = LocalBackend(
         server.pool.job_executors,
         cgroup_caps=server.cgroup_caps,
         cgroup_base=f"sky-mini-{server.key}",
         memory_mechanism=server.memory_mechanism,
-        disabled=server.settings.disabled,
+        disabled=disabled,
+        launcher=launcher,
     )
     backend.on_close = server.forget_fd
     server.backend = backend

@@ -46,7 +46,11 @@ def queue_row(sky: SkyMini, job_id: int) -> dict[str, Any]:
     return row
 
 
-def test_the_next_job_runs_in_the_process_forked_ahead(sky: SkyMini) -> None:
+# Both kinds of ready child: the native launcher (joblaunch.c) and the Python fork.
+@pytest.mark.parametrize("disabled", ["", "launcher"])
+def test_the_next_job_runs_in_the_process_forked_ahead(sky: SkyMini, disabled: str) -> None:
+    if disabled:
+        sky.extra_env["SKY_MINI_DISABLE"] = disabled
     server = sky.serve_foreground("--executors", "1")
     executor, ready = executor_and_ready_child(sky, server.pid)
     job = int(sky.run("jobs", "launch", "--async", "--", "sleep", "1000", check=True).out)
@@ -86,7 +90,9 @@ def test_without_prefork_the_job_is_forked_when_it_arrives(sky: SkyMini) -> None
 
 # With slots on, the replacement executor also clears its slot group, killing a ready
 # child left in it: the negative control turns that off too.
-@pytest.mark.parametrize("disabled", ["", "prefork_ties,slots"])
+@pytest.mark.parametrize(
+    "disabled", ["", "launcher", "prefork_ties,slots", "launcher,prefork_ties,slots"]
+)
 def test_a_ready_child_dies_with_its_executor(sky: SkyMini, disabled: str) -> None:
     if disabled:
         sky.extra_env["SKY_MINI_DISABLE"] = disabled
@@ -94,7 +100,7 @@ def test_a_ready_child_dies_with_its_executor(sky: SkyMini, disabled: str) -> No
     executor, ready = executor_and_ready_child(sky, server.pid)
     os.kill(executor, signal.SIGKILL)
     try:
-        if not disabled:
+        if "prefork_ties" not in disabled:
             wait_for(lambda: not pid_alive(ready), KILL_BOUND_SECONDS, "ready child gone")
             return
         # Negative control: without its ties the same check finds it alive.

@@ -47,6 +47,7 @@ class ExecutorConfig:
     cgroup_base: str
     memory_mechanism: str  # "cgroup" | "watchdog"
     disabled: frozenset[str] = frozenset()
+    launcher: str | None = None  # the native job launcher (``launcher``), if this host has it
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Executor:
         self.signals = LoopSignals()
         self.ready: ReadyChild | None = None  # the next job's process, forked ahead (jobproc)
         self.slot: Any = None  # this executor's reusable job group (cgroups.slot), if any
+        self.launcher = config.launcher
+        self.launcher_failure: str | None = None  # told in the next job's log, then cleared
 
     # -- setup -----------------------------------------------------------------------
 
@@ -169,6 +172,9 @@ class Executor:
         )
         self.job.cgroup = self.create_cgroup(self.job)
         self.job.phase = "setup" if task.get("setup") else "run"
+        if self.launcher_failure is not None:
+            self.log(self.job, f"sky-mini: warning: {self.launcher_failure}")
+            self.launcher_failure = None
         self.spawn_phase(self.job)
 
     def create_cgroup(self, job: RunningJob) -> Any:
@@ -197,9 +203,26 @@ class Executor:
             return
         self.open_slot()
         joined = tuple(self.slot.procs_files()) if self.slot is not None else ()
-        self.ready = ReadyChild.fork(
-            self.config.disabled, f"executor {self.config.name}: ready", joined
-        )
+        role = f"executor {self.config.name}: ready"
+        self.ready = self.spawn_launcher(role, joined)
+        if self.ready is None:
+            self.ready = ReadyChild.fork(self.config.disabled, role, joined)
+
+    def spawn_launcher(self, role: str, joined: tuple[str, ...] = ()) -> ReadyChild | None:
+        """The native launcher as a ready child; None without one. A launcher that cannot
+        be started is dropped for this executor's life (jobs fork) and the next job's log
+        says why."""
+        if self.launcher is None:
+            return None
+        try:
+            return ReadyChild.spawn(self.launcher, self.config.disabled, role, joined)
+        except OSError as exc:
+            self.launcher_failure = (
+                f"the native job launcher {self.launcher} cannot be started ({exc}); "
+                "jobs start through a Python fork"
+            )
+            self.launcher = None
+            return None
 
     def open_slot(self) -> None:
         caps = self.config.cgroup_caps
@@ -234,6 +257,11 @@ class Executor:
         ready, self.ready = self.ready, None
         if ready is not None and ready.joined == tuple(spec["procs_files"]):
             spec = {**spec, "procs_files": []}  # it is in the job's groups already
+        if ready is None and not spec.get("file_mounts"):
+            ready = self.spawn_launcher(f"executor {self.config.name}: job {job.job_id}")
+            if self.launcher_failure is not None:
+                self.log(job, f"sky-mini: warning: {self.launcher_failure}")
+                self.launcher_failure = None
         if ready is not None and ready.start(spec):
             pid = ready.pid
         else:

@@ -10,6 +10,11 @@ cgroups, sets its memory backstop, opens the log and execs the job's shell. With
 child (it died, a second phase, ``SKY_MINI_DISABLE=prefork``) the executor forks as before
 and the child does the same two halves at once.
 
+Where the native launcher exists (``launcher``, ``sky_mini/native/joblaunch.c``) the ready
+child is that small program instead, started with ``posix_spawn``: the same two halves in
+C, the spec as NUL-separated fields (:func:`encode_spec`) instead of JSON. A job with
+``file_mounts`` (Python links them), or a spec the launcher cannot carry, takes the fork.
+
 A ready child never outlives its executor: the parent-death signal (SIGKILL, after the
 ``getppid`` re-check) ends it with the executor, EOF on its spec pipe ends it when the
 executor closes it, and while it waits it is the executor's only descendant, which
@@ -28,6 +33,8 @@ from sky_mini import memguard, procs
 
 JOB_OOM_SCORE_ADJ = 500
 SPEC_READ_CHUNK = 65536
+LAUNCHER_SPEC_FD = 3  # where joblaunch.c reads its spec
+LAUNCHER_SPEC_MAGIC = "sky-mini-spec-1"
 
 
 def prepare_job_process(
@@ -99,14 +106,73 @@ def fork_job(spec: dict[str, Any], disabled: frozenset[str]) -> int:
     return pid
 
 
+def encode_spec(spec: dict[str, Any]) -> bytes | None:
+    """``spec`` as the native launcher reads it; None where it cannot carry it (file
+    mounts, a NUL in a value, an environment name with ``=``): the caller forks instead."""
+    if spec.get("file_mounts"):
+        return None
+    env = spec["env"]
+    if any(not name or "=" in name for name in env):
+        return None
+    limit = spec["data_limit"]
+    fields = [
+        LAUNCHER_SPEC_MAGIC,
+        spec["shell"],
+        spec["command"],
+        spec["workdir"],
+        spec["log_path"],
+        "" if limit is None else str(int(limit)),
+        str(len(spec["procs_files"])),
+        *spec["procs_files"],
+        *(f"{name}={value}" for name, value in env.items()),
+    ]
+    encoded = [os.fsencode(field) for field in fields]
+    if any(b"\0" in field for field in encoded):
+        return None
+    return b"\0".join(encoded) + b"\0"
+
+
 class ReadyChild:
     """A job process forked ahead of its job, waiting for its spec (see module doc)."""
 
-    def __init__(self, pid: int, spec_fd: int, joined: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, pid: int, spec_fd: int, joined: tuple[str, ...] = (), *, native: bool = False
+    ) -> None:
         self.pid = pid
         self.spec_fd = spec_fd
         self.joined = joined
         """The ``cgroup.procs`` files it joined before waiting (the executor's slot)."""
+        self.native = native
+        """It is the native launcher (reads :func:`encode_spec`), not a Python fork."""
+
+    @classmethod
+    def spawn(
+        cls, launcher: str, disabled: frozenset[str], role: str, join: tuple[str, ...] = ()
+    ) -> ReadyChild:
+        """``posix_spawn`` the native launcher as the ready child; as :meth:`fork` otherwise.
+
+        Raises OSError when it cannot be started (the caller forks instead).
+        """
+        tied = "prefork_ties" not in disabled
+        oom = "" if "oom_score" in disabled else str(JOB_OOM_SCORE_ADJ)
+        spec_r, spec_w = os.pipe()
+        try:
+            if spec_r == LAUNCHER_SPEC_FD:  # dup2 onto itself would keep close-on-exec
+                spec_r, old = os.dup(spec_r), spec_r
+                os.close(old)
+            argv = [procs.title_of(role), str(os.getpid()), oom, "1" if tied else "0", *join]
+            pid = os.posix_spawn(
+                launcher,
+                argv,
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, spec_r, LAUNCHER_SPEC_FD)],
+            )
+        except BaseException:
+            os.close(spec_w)
+            raise
+        finally:
+            os.close(spec_r)
+        return cls(pid, spec_w, join, native=True)
 
     @classmethod
     def fork(cls, disabled: frozenset[str], role: str, join: tuple[str, ...] = ()) -> ReadyChild:
@@ -141,8 +207,16 @@ class ReadyChild:
         return cls(pid, spec_w, join)
 
     def start(self, spec: dict[str, Any]) -> bool:
-        """Hand the child its job; False if it is gone (the caller forks one instead)."""
-        payload = json.dumps(spec, separators=(",", ":")).encode()
+        """Hand the child its job; False if it is gone or cannot take this spec (the caller
+        forks one instead; this one reads EOF and exits)."""
+        if self.native:
+            encoded = encode_spec(spec)
+            if encoded is None:
+                self.close()
+                return False
+            payload = encoded
+        else:
+            payload = json.dumps(spec, separators=(",", ":")).encode()
         try:
             view = memoryview(payload)
             while view:

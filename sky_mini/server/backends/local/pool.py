@@ -57,12 +57,14 @@ class LocalBackend:
         cgroup_base: str,
         memory_mechanism: str,
         disabled: frozenset[str],
+        launcher: str | None = None,
     ) -> None:
         self.executors = [ExecutorHandle(name=f"job-{i}") for i in range(count)]
         self.cgroup_caps = cgroup_caps
         self.cgroup_base = cgroup_base
         self.memory_mechanism = memory_mechanism
         self.disabled = disabled
+        self.launcher = launcher  # the native job launcher (``launcher``), or None
         self.shutting_down = False
         # Called with an event fd just before it is closed, so the server's selector
         # forgets it: a replacement executor's pipe may reuse the same number.
@@ -92,6 +94,7 @@ class LocalBackend:
             cgroup_base=self.cgroup_base,
             memory_mechanism=self.memory_mechanism,
             disabled=self.disabled,
+            launcher=self.launcher,
         )
         pid, cmd_w, evt_r = fork_tied(
             f"executor {handle.name}",
