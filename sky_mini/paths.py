@@ -87,6 +87,10 @@ class Paths:
         return os.path.join(self.server_dir, "status.json")
 
     @property
+    def start_log(self) -> str:
+        return os.path.join(self.server_dir, "starts.log")
+
+    @property
     def wake_fifo(self) -> str:
         return os.path.join(self.server_dir, "wake")
 

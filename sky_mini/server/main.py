@@ -51,6 +51,7 @@ from sky_mini.server.backends import RemoteBackends
 from sky_mini.server.backends.base import Backend, BackendEvent
 from sky_mini.server.gpus import GpuPool
 from sky_mini.server.hooks import HookRunner
+from sky_mini.server.startlog import START_LOG_MAX_BYTES, StartLog
 from sky_mini.server.startup import AlreadyRunning, configure_logging
 from sky_mini.state import Store
 
@@ -109,7 +110,8 @@ class Server:
         self.warnings: list[str] = []
         self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
         self.unrecorded: dict[int, JobRecord] = {}  # ended this tick; see record_outcomes
-        self.unwritten_starts: list[JobRecord] = []  # dispatched this tick; likewise
+        self.unwritten_starts: list[JobRecord] = []  # dispatched, no start-log line: likewise
+        self.start_log = StartLog(paths.start_log)  # which jobs reached an executor (startlog)
         self.unwritten_runs: dict[int, float] = {}  # started: written at this time or never
         self.dispatch_due = False  # a recorded outcome may let a dependent job start
         self.lock_fd = -1
@@ -164,6 +166,7 @@ class Server:
         self.install_signal_handlers()
         components.create_backend(self)
         self.reconcile_previous_instance()
+        self.start_log.empty()  # the previous server's starts are reconciled
         components.start_backend(self)
         self.load_new_jobs()
         components.start_services(self)
@@ -255,6 +258,7 @@ class Server:
         self.maintain_http(now)
         self.dispatch_pending(now)
         self.record_outcomes(now)
+        self.trim_start_log()
         self.check_autostop(now)
         retention.prune_history(self, now)
         retention.scan_history(self)
@@ -491,10 +495,18 @@ class Server:
         record.reason = None
         record.retry_at = None
         gate.note_started(record)
+        if not self.start_log.note(record.id, record.attempt):  # before the executor has it
+            self.unwritten_starts.append(record)  # no line: its record says STARTING instead
         record.executor = self.backend.launch(record, placement.job_payload(self, record))
         record.started_at = now
-        self.unwritten_starts.append(record)  # after this tick's dispatch (record_outcomes)
         self.status_dirty = True
+
+    def trim_start_log(self) -> None:
+        """Empty a long start log once no local job is between dispatch and its end."""
+        if self.start_log.size > START_LOG_MAX_BYTES:
+            self.start_log.trim(
+                any(r.infra == "local" and r.status.is_active for r in self.jobs.values())
+            )
 
     def launch_remote(self, record: JobRecord) -> None:
         placement.launch_remote(self, record)

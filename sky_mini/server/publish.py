@@ -73,8 +73,8 @@ def note_waiting(server: Server, record: JobRecord, reason: str, now: float) -> 
 
 START_WRITE_DELAY_SECONDS = 0.05
 """How long a started job's record (RUNNING, its PID and groups) may wait to be written: a
-job that ends sooner is written once, when it ends. Its STARTING record is on disk already
-(``record_outcomes``), so a server that dies in between never runs it again."""
+job that ends sooner is written once, when it ends. Its start is in the start log already
+(``startlog``), so a server that dies in between never runs it again."""
 
 
 def defer_start_write(server: Server, record: JobRecord, now: float) -> None:
@@ -103,8 +103,9 @@ def record_outcomes(server: Server, now: float) -> None:
     its record on disk (still unfinished there), so it starts on the next tick, which
     ``dispatch_due`` makes immediate.
 
-    The STARTING records of the jobs dispatched this tick are written first (not
-    durably, as before): after every executor has its message, not between two of them.
+    First the starts that are due (``write_due_starts``), and the STARTING records of
+    jobs dispatched this tick that the start log could not take (not durably): after every
+    executor has its message, not between two of them.
     """
     starts, server.unwritten_starts = server.unwritten_starts, []
     for record in starts:

@@ -37,6 +37,7 @@ def reconcile_previous_instance(server: Server) -> None:
     leftovers: list[str] = []
     interrupted: list[JobRecord] = []
     candidates, next_id = server.unfinished_job_ids()
+    started = server.start_log.read_started()  # before startlog.empty: see startlog
     for job_id in candidates:
         record = server.store.load_job(job_id)
         if record is None or record.status.is_terminal:
@@ -44,7 +45,9 @@ def reconcile_previous_instance(server: Server) -> None:
         if record.infra != "local":
             server.adopt_remote(record)  # work handed to Slurm outlives any server
             continue
-        if record.status is JobStatus.PENDING:
+        if record.status is JobStatus.PENDING and (record.id, record.attempt) in started:
+            interrupted.append(record)  # handed to an executor, then its record not written
+        elif record.status is JobStatus.PENDING:
             server.adopt_job(job_id)
         elif record.status.is_active:
             leftovers.extend(record.cgroup_paths)

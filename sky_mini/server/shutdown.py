@@ -77,6 +77,7 @@ def cleanup(server: Server) -> None:
             server.active_dirty = True
     with contextlib.suppress(OSError):
         server.write_active_index(force=True)
+    server.start_log.close()  # every job it names has its final record now
     server.hooks.kill_all()
     if server.cgroup_caps is not None:
         from sky_mini.cgroups import remove_base

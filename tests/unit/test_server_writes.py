@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from sky_mini.config import Settings
 from sky_mini.models import JobRecord, JobStatus
 from sky_mini.server import publish
 from sky_mini.server.backends.base import BackendEvent
@@ -84,27 +85,33 @@ def test_a_job_that_starts_and_ends_within_one_poll_is_written_once_durably(
     assert stored.pid == 4242  # the start's facts are in the one write
 
 
+def started_lines(server: Any) -> list[str]:
+    with open(server.paths.start_log) as handle:
+        return handle.read().splitlines()
+
+
 def test_a_start_alone_is_written_once_the_job_has_run_a_moment(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
     server.record_outcomes(server.clock())
-    assert writes == [False]  # STARTING: on disk before the job can have done anything
+    assert writes == []  # the start is in the start log instead (startlog)
+    assert started_lines(server) == [f"{job.id} 1"]
     backend.events = [BackendEvent("started", job.id, STARTED)]
     server.handle_backend_events(server.clock())
     server.record_outcomes(server.clock())
-    assert writes == [False]  # RUNNING waits a moment: a job that ends sooner is written once
+    assert writes == []  # RUNNING waits a moment: a job that ends sooner is written once
     server.status_dirty = server.active_dirty = False  # nothing else due: the loop wakes
     assert server.next_timeout() == pytest.approx(publish.START_WRITE_DELAY_SECONDS)  # to write
     server.clock.now += publish.START_WRITE_DELAY_SECONDS
     assert server.next_timeout() == 0
     server.record_outcomes(server.clock())
-    assert writes == [False, False]
+    assert writes == [False]
     stored = Store(server.paths).load_job(job.id)
     assert stored is not None and stored.status is JobStatus.RUNNING and stored.pid == 4242
 
 
-def test_a_job_that_ends_within_the_moment_is_written_once_more_durably(
+def test_a_job_that_ends_within_the_moment_is_written_once_durably(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
@@ -118,21 +125,49 @@ def test_a_job_that_ends_within_the_moment_is_written_once_more_durably(
     server.record_outcomes(server.clock())
     server.clock.now += publish.START_WRITE_DELAY_SECONDS
     server.record_outcomes(server.clock())
-    assert writes == [False, True]  # STARTING, then the end with the start's facts
+    assert writes == [True]  # the end, with the start's facts
     stored = Store(server.paths).load_job(job.id)
     assert stored is not None and stored.status is JobStatus.SUCCEEDED and stored.pid == 4242
 
 
-def test_a_server_that_dies_before_the_running_write_does_not_run_the_job_again(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("log_kept", [True, False])
+def test_a_server_that_dies_before_a_started_job_is_written_never_runs_it_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, log_kept: bool
 ) -> None:
     server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
-    server.record_outcomes(server.clock())
     backend.events = [BackendEvent("started", job.id, STARTED)]
     server.handle_backend_events(server.clock())
-    # A new server reading the home now finds the job may have started: it is not PENDING.
-    stored = Store(server.paths).load_job(job.id)
-    assert stored is not None and stored.status is JobStatus.STARTING
+    server.write_active_index(force=True)
+    on_disk = Store(server.paths).load_job(job.id)
+    assert on_disk is not None and on_disk.status is JobStatus.PENDING  # killed -9 here
+    if not log_kept:  # negative control: without the start log the job would run again
+        os.unlink(server.paths.start_log)
+    fresh = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
+    fresh.cgroup_caps = None
+    fresh.settings = Settings(disabled=frozenset({"sweep"}))
+    fresh.reconcile_previous_instance()
+    stored = Store(fresh.paths).load_job(job.id)
+    assert stored is not None
+    if log_kept:
+        assert stored.status is JobStatus.KILLED and stored.reason_code == "supervisor_lost"
+        assert job.id not in fresh.jobs
+    else:
+        assert stored.status is JobStatus.PENDING and job.id in fresh.jobs
+
+
+def test_a_retry_of_a_logged_start_is_still_adopted_as_pending(tmp_path: Any) -> None:
+    server = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
+    job = submit_now(server)
+    server.dispatch_pending(server.clock())
+    record = server.jobs[job.id]
+    record.status, record.attempt = JobStatus.PENDING, 2  # requeued: its next attempt
+    Store(server.paths).save_job(record)
+    server.write_active_index(force=True)
+    fresh = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
+    fresh.cgroup_caps = None
+    fresh.settings = Settings(disabled=frozenset({"sweep"}))
+    fresh.reconcile_previous_instance()
+    assert job.id in fresh.jobs and fresh.jobs[job.id].status is JobStatus.PENDING
 
 
 def test_a_waiting_reason_is_written_once_the_job_has_waited(tmp_path: Any) -> None:
@@ -248,8 +283,9 @@ def test_a_job_after_another_starts_once_that_outcome_is_durable(tmp_path: Any) 
     assert server.jobs[second.id].status is JobStatus.STARTING
 
 
-def test_starting_records_are_written_once_every_executor_has_its_job(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("log_writable", [True, False])
+def test_each_start_is_logged_before_its_executor_has_the_job(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, log_writable: bool
 ) -> None:
     server = make_server(str(tmp_path), cpus=2.0, memory=GiB(2), slots=2, clock=FakeClock())
     jobs = [submit_now(server), submit_now(server)]
@@ -258,6 +294,7 @@ def test_starting_records_are_written_once_every_executor_has_its_job(
     order: list[str] = []
     real_launch = backend.launch
     real_save = server.store.save_job
+    real_note = server.start_log.note
 
     def launch(job: JobRecord, payload: dict[str, Any]) -> str:
         order.append(f"launch {job.id}")
@@ -267,17 +304,20 @@ def test_starting_records_are_written_once_every_executor_has_its_job(
         order.append(f"write {record.id} {record.status.value} durable={durable}")
         real_save(record, durable=durable)
 
+    def note(job_id: int, attempt: int) -> bool:
+        order.append(f"log {job_id}")
+        return real_note(job_id, attempt) if log_writable else False
+
     monkeypatch.setattr(backend, "launch", launch)
     monkeypatch.setattr(server.store, "save_job", save)
+    monkeypatch.setattr(server.start_log, "note", note)
     server.dispatch_pending(server.clock())
     server.record_outcomes(server.clock())
     a, b = (j.id for j in jobs)
-    assert order == [
-        f"launch {a}",
-        f"launch {b}",
-        f"write {a} STARTING durable=False",
-        f"write {b} STARTING durable=False",
-    ]
+    expected = [f"log {a}", f"launch {a}", f"log {b}", f"launch {b}"]
+    if not log_writable:  # a full disk: each record says STARTING once both have their job
+        expected += [f"write {a} STARTING durable=False", f"write {b} STARTING durable=False"]
+    assert order == expected
 
 
 def test_a_new_record_wakes_the_server_once_readable_and_before_its_directory_fsync(
