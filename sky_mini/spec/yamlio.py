@@ -21,6 +21,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from sky_mini.errors import SpecError
+from sky_mini.lazyre import import_yaml
 from sky_mini.spec.values import describe, short
 from sky_mini.units import format_size
 
@@ -112,6 +113,7 @@ def load_documents(path: str, what: str, cache_dir: str | None = None) -> list[A
         if cached is not None:
             return cached
     text = _decode(raw, path)
+    import_yaml()  # PyYAML without its import-time reader regex (lazyre)
     import yaml
 
     count = _check_events(text, path)
@@ -251,6 +253,7 @@ def require_mapping(data: object, path: str, what: str) -> dict[Any, Any]:
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
+    import_yaml()  # PyYAML without its import-time reader regex (lazyre)
     import yaml
 
     if isinstance(exc, yaml.MarkedYAMLError):
@@ -285,6 +288,7 @@ def _check_events(text: str, path: str) -> int:
     (returned: how many), bounded nesting,
     at most MAX_ALIASES aliases, no recursive alias, no duplicate keys, and at most
     MAX_EXPANDED_NODES nodes once aliases are expanded ("billion laughs")."""
+    import_yaml()  # PyYAML without its import-time reader regex (lazyre)
     import yaml
 
     stack: list[_Frame] = []
