@@ -109,7 +109,8 @@ class Server:
         self.scan_end = 0
         self.warnings: list[str] = []
         self.unsaved: dict[int, JobRecord] = {}  # records a full disk stopped us saving
-        self.unrecorded: dict[int, JobRecord] = {}  # ended this tick; see record_outcomes
+        self.unrecorded: dict[int, JobRecord] = {}  # ended, not yet durable; record_outcomes
+        self.unrecorded_since = 0.0  # when the oldest of them ended
         self.unwritten_starts: list[JobRecord] = []  # dispatched, no start-log line: likewise
         self.start_log = StartLog(paths.start_log)  # which jobs reached an executor (startlog)
         self.unwritten_runs: dict[int, float] = {}  # started: written at this time or never
@@ -278,6 +279,9 @@ class Server:
             timeout = last + publish.STATUS_MIN_INTERVAL_SECONDS - self.clock()
         if self.unwritten_runs:  # a start's record is due (publish.write_due_starts)
             timeout = min(timeout, min(self.unwritten_runs.values()) - self.clock())
+        if self.unrecorded:  # outcomes held for a fuller pass of fsyncs (record_outcomes)
+            due = self.unrecorded_since + publish.OUTCOME_BATCH_SECONDS
+            timeout = min(timeout, due - self.clock())
         return min(TICK_SECONDS, max(0.0, timeout))
 
     def wait_for_events(self, timeout: float) -> None:
@@ -409,6 +413,8 @@ class Server:
             log.info("job %d: %s, in %gs", record.id, record.reason, delay)
             return True
         if defer and not record.group:
+            if not self.unrecorded:
+                self.unrecorded_since = now
             self.unrecorded[record.id] = record
             return False
         self.save_job(record)
@@ -500,6 +506,13 @@ class Server:
         record.executor = self.backend.launch(record, placement.job_payload(self, record))
         record.started_at = now
         self.status_dirty = True
+
+    def events_waiting(self) -> bool:
+        """Something the loop waits on is readable now (an executor's news, a wake-up)."""
+        try:
+            return bool(self.selector.select(0))
+        except (InterruptedError, OSError, ValueError):
+            return False
 
     def trim_start_log(self) -> None:
         """Empty a long start log once no local job is between dispatch and its end."""

@@ -93,15 +93,24 @@ def write_due_starts(server: Server, now: float) -> None:
             save_job(server, record, durable=False)
 
 
+OUTCOME_BATCH_SECONDS = 0.02
+OUTCOME_BATCH_MAX = 32
+"""While more news is already waiting, the outcomes in hand wait for it (at most this long,
+at most this many): one pass of fsyncs then makes all of them durable. A drain of two
+executors otherwise pays two journal commits per finished job, and the other executor's
+news waits behind them."""
+
+
 def record_outcomes(server: Server, now: float) -> None:
     """Write the records of the jobs that ended this tick, durably, in one pass of fsyncs
     (each file, then the directory once); only then is anyone told (hooks, dependents).
 
     Runs after ``dispatch_pending``: the executor a job freed already has its next job
-    while these fsyncs run. Nobody learns of an outcome before it is durable: clients read
-    the record (``jobs wait``, ``logs``), and a job ``--after`` one of these judges it by
-    its record on disk (still unfinished there), so it starts on the next tick, which
-    ``dispatch_due`` makes immediate.
+    while these fsyncs run. While more news is already waiting the pass waits for it
+    (``OUTCOME_BATCH_SECONDS``), so one pass covers both. Nobody learns of an outcome
+    before it is durable: clients read the record (``jobs wait``, ``logs``), and a job
+    ``--after`` one of these judges it by its record on disk (still unfinished there), so
+    it starts on the next tick, which ``dispatch_due`` makes immediate.
 
     First the starts that are due (``write_due_starts``), and the STARTING records of
     jobs dispatched this tick that the start log could not take (not durably): after every
@@ -115,6 +124,13 @@ def record_outcomes(server: Server, now: float) -> None:
         write_due_starts(server, now)
     if not server.unrecorded:
         return
+    if (
+        server.stop_requested is None
+        and len(server.unrecorded) < OUTCOME_BATCH_MAX
+        and now - server.unrecorded_since < OUTCOME_BATCH_SECONDS
+        and server.events_waiting()
+    ):
+        return  # take that news first; next_timeout wakes the loop when the wait is up
     records = list(server.unrecorded.values())
     server.unrecorded.clear()
     try:

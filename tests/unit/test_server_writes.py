@@ -344,3 +344,49 @@ def test_a_new_record_wakes_the_server_once_readable_and_before_its_directory_fs
     record = store.create_job(builder(server), woken)
     assert events == ["wake next_id=2", "fsync_dir"]
     assert record.id in server.jobs  # adopted from the wake-up alone
+
+
+def test_outcomes_wait_briefly_for_news_already_waiting_then_share_one_pass(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(str(tmp_path), cpus=2.0, memory=GiB(2), slots=2, clock=FakeClock())
+    first, second = submit_now(server), submit_now(server)
+    server.dispatch_pending(server.clock())
+    backend = server.backend
+    assert isinstance(backend, FakeBackend)
+    passes: list[list[int]] = []
+    real_many = server.store.save_jobs
+
+    def save_many(records: list[JobRecord]) -> None:
+        passes.append([r.id for r in records])
+        real_many(records)
+
+    monkeypatch.setattr(server.store, "save_jobs", save_many)
+    news = [True]  # the other executor's message is already readable
+    monkeypatch.setattr(server, "events_waiting", lambda: news[0])
+    backend.events = [BackendEvent("finished", first.id, FINISHED)]
+    server.handle_backend_events(server.clock())
+    server.record_outcomes(server.clock())
+    assert passes == []  # held for the news
+    server.status_dirty = server.active_dirty = False
+    assert server.next_timeout() == pytest.approx(publish.OUTCOME_BATCH_SECONDS)
+    server.clock.now += publish.OUTCOME_BATCH_SECONDS / 4
+    backend.events = [BackendEvent("finished", second.id, FINISHED)]
+    server.handle_backend_events(server.clock())
+    news[0] = False
+    server.record_outcomes(server.clock())
+    assert passes == [[first.id, second.id]]  # one pass of fsyncs for both
+
+
+def test_outcomes_wait_for_news_no_longer_than_the_bound(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
+    monkeypatch.setattr(server, "events_waiting", lambda: True)  # news, forever
+    backend.events = [BackendEvent("finished", job.id, FINISHED)]
+    server.handle_backend_events(server.clock())
+    server.record_outcomes(server.clock())
+    assert writes == []
+    server.clock.now += publish.OUTCOME_BATCH_SECONDS
+    server.record_outcomes(server.clock())
+    assert writes == [True]  # written once the wait is up, news or not
