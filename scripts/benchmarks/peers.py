@@ -402,6 +402,7 @@ def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
         result["requests"] = float(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         result["errors"] = float(sum(int(g) for g in m.groups()))
+        result["error_kinds"] = m.group(0)  # type: ignore[assignment]
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         result["non2xx"] = float(m.group(1))
     result["raw"] = out  # type: ignore[assignment]
@@ -667,6 +668,8 @@ def bench_failover(b: Any, home_class: Any) -> None:
             "wrk -c20 through the LB, 1 of 2 Python replicas SIGKILLed: failed",
             f"{failed:.0f} of {result.get('requests', 0):.0f}",
             "",
-            f"{result.get('rps', 0):.0f} req/s; target 0: {verdict(failed == 0)}",
+            f"{result.get('rps', 0):.0f} req/s; target 0: {verdict(failed == 0)}"
+            + "".join(f"; {result[k]}" for k in ("error_kinds",) if k in result)
+            + (f"; non-2xx {result['non2xx']:.0f}" if result.get("non2xx") else ""),
         )
         home.sky("services", "down", "py")
