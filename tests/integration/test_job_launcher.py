@@ -194,3 +194,29 @@ def test_the_launcher_source_builds_without_warnings(tmp_path: Any) -> None:
     assert by_hand.returncode == launcher.USAGE_EXIT_CODE
     assert "started by a sky-mini executor" in by_hand.stderr
     assert sys.platform.startswith("linux")
+
+
+@pytest.mark.parametrize("disabled", ["", "launcher"])
+def test_a_job_the_launcher_cannot_carry_still_runs_in_its_slot_group(
+    sky: SkyMini, tmp_path: Any, disabled: str
+) -> None:
+    """file_mounts need the Python fork: it must join the slot the ready child was in."""
+    from sky_mini.cgroups import detect_capabilities
+
+    if detect_capabilities().v1_memory_root is None:
+        pytest.skip("no writable v1 memory cgroup on this host (slots are v1 only)")
+    if disabled:
+        sky.extra_env["SKY_MINI_DISABLE"] = disabled
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.txt").write_text("mounted\n")
+    task = tmp_path / "task.yaml"
+    target = tmp_path / "work" / "in"
+    (tmp_path / "work").mkdir()
+    task.write_text(
+        f"workdir: {tmp_path / 'work'}\nfile_mounts: {{{target}: {tmp_path / 'data'}}}\n"
+        "run: cat in/x.txt; grep ':memory:' /proc/self/cgroup\n"
+    )
+    sky.serve_foreground("--executors", "1")
+    out = sky.run("jobs", "launch", str(task), check=True).out
+    assert "mounted" in out
+    assert f"/sky-mini-{sky.key}/slot-job-0" in out, out

@@ -255,16 +255,17 @@ class Executor:
     def spawn_phase(self, job: RunningJob) -> None:
         spec = self.job_spec(job)
         ready, self.ready = self.ready, None
-        if ready is not None and ready.joined == tuple(spec["procs_files"]):
-            spec = {**spec, "procs_files": []}  # it is in the job's groups already
         if ready is None and not spec.get("file_mounts"):
             ready = self.spawn_launcher(f"executor {self.config.name}: job {job.job_id}")
             if self.launcher_failure is not None:
                 self.log(job, f"sky-mini: warning: {self.launcher_failure}")
                 self.launcher_failure = None
-        if ready is not None and ready.start(spec):
+        handed = spec
+        if ready is not None and ready.joined == tuple(spec["procs_files"]):
+            handed = {**spec, "procs_files": []}  # it is in the job's groups already
+        if ready is not None and ready.start(handed):
             pid = ready.pid
-        else:
+        else:  # a fresh fork joins the groups itself: the whole spec
             pid = fork_job(spec, self.config.disabled)
         job.pid = pid
         job.status = None
