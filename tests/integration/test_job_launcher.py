@@ -220,3 +220,20 @@ def test_a_job_the_launcher_cannot_carry_still_runs_in_its_slot_group(
     out = sky.run("jobs", "launch", str(task), check=True).out
     assert "mounted" in out
     assert f"/sky-mini-{sky.key}/slot-job-0" in out, out
+
+
+def test_a_cached_launcher_that_no_longer_runs_is_built_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path, note = launcher.find_launcher(str(tmp_path / "home-cache"), frozenset())
+    assert path is not None and "built now" in note
+    path_again, note = launcher.find_launcher(str(tmp_path / "home-cache"), frozenset())
+    assert path_again == path and "built now" not in note  # found, checked, used
+    with open(path, "w") as handle:  # e.g. a cache shared with a machine of another libc
+        handle.write("#!/bin/sh\nexit 1\n")
+    os.chmod(path, 0o755)
+    assert launcher.is_trusted_executable(path)  # trusted, but it does not run as it must
+    path_again, note = launcher.find_launcher(str(tmp_path / "home-cache"), frozenset())
+    assert path_again == path and "built now" in note
+    assert launcher.runs_by_hand(path)

@@ -53,7 +53,7 @@ def find_launcher(home_cache_dir: str, disabled: frozenset[str]) -> tuple[str | 
     places = [d for d in (user_cache_dir(), home_cache_dir) if d]
     for place in places:
         path = os.path.join(place, name)
-        if is_trusted_executable(path):
+        if is_trusted_executable(path) and runs_by_hand(path):
             return path, f"native ({path})"
     problems = []
     for place in places:
@@ -96,6 +96,18 @@ def is_trusted_executable(path: str) -> bool:
     )
 
 
+def runs_by_hand(path: str) -> bool:
+    """Started with no arguments the launcher refuses with exit 2: proof that it loads and
+    runs here (a cache shared with another machine, a libc upgrade). ~2 ms, once a start."""
+    try:
+        check = subprocess.run(
+            [path], capture_output=True, timeout=10, stdin=subprocess.DEVNULL, env={}
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return check.returncode == USAGE_EXIT_CODE and b"sky-mini executor" in check.stderr
+
+
 def build_launcher(path: str) -> str:
     """Compile the launcher to ``path`` (atomically) and check that it runs."""
     compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or "cc"]
@@ -122,14 +134,8 @@ def build_launcher(path: str) -> str:
             first = (built.stderr.strip().splitlines() or ["no output"])[0]
             raise BuildError(f"{compiler[0]} exited {built.returncode}: {first}")
         os.chmod(temporary, 0o755)
-        try:
-            check = subprocess.run(
-                [temporary], capture_output=True, timeout=10, stdin=subprocess.DEVNULL
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BuildError(f"the built launcher does not run: {exc}") from exc
-        if check.returncode != USAGE_EXIT_CODE:
-            raise BuildError(f"the built launcher exited {check.returncode}, not 2, by hand")
+        if not runs_by_hand(temporary):
+            raise BuildError("the built launcher does not run (by hand it must exit 2)")
         os.replace(temporary, path)
     except OSError as exc:
         raise BuildError(f"cannot write {path}: {exc.strerror}") from exc
