@@ -46,12 +46,13 @@ class StartLog:
         return started
 
     def empty(self) -> None:
-        """Start a new log (after the previous server's starts are reconciled)."""
+        """Start a new log (after the previous server's starts are reconciled). Where it
+        cannot be opened, :meth:`note` tries again and the records say STARTING instead."""
         self.close()
-        self.fd = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, FILE_MODE
-        )
-        self.size = 0
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+        with contextlib.suppress(OSError):
+            self.fd = os.open(self.path, flags, FILE_MODE)
+            self.size = 0
 
     def note(self, job_id: int, attempt: int) -> bool:
         """Append a start; False where it could not be written (the caller writes the
