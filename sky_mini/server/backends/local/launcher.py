@@ -10,7 +10,9 @@ needs it, into a cache shared by this user's homes (``$XDG_CACHE_HOME/sky-mini``
 ``~/.cache/sky-mini``; where that is not writable, the home's own ``cache/``), under a name
 holding the source's hash, so an upgrade builds anew and a half-written file is never run
 (temporary name, then rename). Only a regular file owned by this user, in a directory of
-this user's, neither writable by anyone else, is run. Without a compiler, or with
+this user's, neither writable by anyone else, is run, and only once it has answered a run
+by hand as it must (each server start: a cache shared with another machine, or a libc
+upgrade, then gets a fresh build instead of failing every job). Without a compiler, or with
 ``SKY_MINI_DISABLE=launcher``, jobs start through the Python fork as before; the server
 logs why, and ``api status --json`` shows it as ``job_launcher``.
 """
