@@ -51,7 +51,8 @@ def save_job(server: Server, record: JobRecord, *, durable: bool = True) -> None
             )
         server.unsaved[record.id] = record
         return
-    server.unsaved.pop(record.id, None)
+    if server.unsaved.pop(record.id, None) is not None:
+        server.active_dirty = True  # on disk at last: it may leave the index
 
 
 NOTE_WAITING_AFTER_SECONDS = 1.0
@@ -143,6 +144,7 @@ def record_outcomes(server: Server, now: float) -> None:
     else:
         for record in records:
             server.unsaved.pop(record.id, None)
+    server.active_dirty = True  # they leave the index only now (write_active_index)
     for record in records:
         server.release_job_extras(record.id)
         server.hooks.job_ended(record, now)
@@ -167,8 +169,12 @@ def write_active_index(server: Server, *, force: bool = False) -> None:
     now = server.clock()
     if not force and held_back(server, server.last_active_write, now):
         return  # still dirty; a stale index only lists finished jobs as unfinished
+    # A job stays listed until its end is on disk: one whose outcome waits for its pass of
+    # fsyncs (record_outcomes) or for disk space (unsaved) still reads unfinished there,
+    # and the next server reconciles only what the index lists and what came after it.
+    listed = set(server.jobs) | set(server.unrecorded) | set(server.unsaved)
     try:
-        server.store.write_active(sorted(server.jobs), server.seen_through)
+        server.store.write_active(sorted(listed), server.seen_through)
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
             raise

@@ -390,3 +390,43 @@ def test_outcomes_wait_for_news_no_longer_than_the_bound(
     server.clock.now += publish.OUTCOME_BATCH_SECONDS
     server.record_outcomes(server.clock())
     assert writes == [True]  # written once the wait is up, news or not
+
+
+def test_a_job_whose_end_is_not_on_disk_yet_stays_in_the_active_index(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the torture run: the index dropped a job whose outcome waited for its pass
+    of fsyncs; the server was killed; the next one never looked at the job again."""
+    server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
+    monkeypatch.setattr(server, "events_waiting", lambda: True)
+    backend.events = [
+        BackendEvent("started", job.id, STARTED),
+        BackendEvent("finished", job.id, FINISHED),
+    ]
+    server.handle_backend_events(server.clock())
+    server.record_outcomes(server.clock())
+    assert writes == []  # the outcome waits
+    server.write_active_index(force=True)
+    active, _ = Store(server.paths).read_active()
+    assert job.id in active
+    # Killed -9 here: the next server finds the job and reconciles it.
+    fresh = make_server(str(tmp_path), cpus=1.0, memory=GiB(2), slots=1, clock=FakeClock())
+    fresh.cgroup_caps = None
+    fresh.settings = Settings(disabled=frozenset({"sweep"}))
+    fresh.reconcile_previous_instance()
+    stored = Store(fresh.paths).load_job(job.id)
+    assert stored is not None and stored.reason_code == "supervisor_lost"
+
+
+def test_a_job_leaves_the_active_index_once_its_end_is_durable(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, job, backend, writes = one_dispatched(tmp_path, monkeypatch)
+    backend.events = [BackendEvent("finished", job.id, FINISHED)]
+    server.handle_backend_events(server.clock())
+    server.record_outcomes(server.clock())
+    assert writes == [True]
+    assert server.active_dirty
+    server.write_active_index(force=True)
+    active, _ = Store(server.paths).read_active()
+    assert job.id not in active
