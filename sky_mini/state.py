@@ -96,6 +96,29 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _write_temp(path: str, payload: bytes, *, durable: bool) -> str:
+    """Write ``payload`` to a temp file beside ``path`` (fsynced if ``durable``); its name.
+
+    On any failure the temp file is removed and the error raised."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, FILE_MODE)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
 def atomic_write_bytes(
     path: str,
     payload: bytes,
@@ -107,23 +130,7 @@ def atomic_write_bytes(
 
     ``on_visible`` runs once the new file can be read, before the directory's fsync: a new
     job's record wakes the server while its submitter still makes the record durable."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, FILE_MODE)
-    try:
-        view = memoryview(payload)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
+    tmp = _write_temp(path, payload, durable=durable)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -133,7 +140,7 @@ def atomic_write_bytes(
     if on_visible is not None:
         on_visible()
     if durable:
-        fsync_dir(directory)
+        fsync_dir(os.path.dirname(path))
 
 
 def atomic_write_json(
@@ -155,18 +162,7 @@ def atomic_write_many(files: list[tuple[str, bytes]]) -> None:
     written: list[tuple[str, str]] = []
     try:
         for path, payload in files:
-            directory, name = os.path.split(path)
-            tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(tmp, flags, FILE_MODE)
-            written.append((tmp, path))
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            written.append((_write_temp(path, payload, durable=True), path))
         while written:
             tmp, path = written[0]
             os.replace(tmp, path)

@@ -7,6 +7,7 @@ its ``prepare`` and tick steps.
 
 from __future__ import annotations
 
+import os
 import selectors
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,6 @@ if TYPE_CHECKING:
 
 def create_backend(server: Server) -> None:
     """Build the backend (nothing runs yet: ``reattach`` comes before ``start``)."""
-    import os
-
     from sky_mini.server.backends.local import LocalBackend
     from sky_mini.server.backends.local.launcher import find_launcher
 

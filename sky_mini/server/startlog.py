@@ -49,9 +49,8 @@ class StartLog:
         """Start a new log (after the previous server's starts are reconciled). Where it
         cannot be opened, :meth:`note` tries again and the records say STARTING instead."""
         self.close()
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
         with contextlib.suppress(OSError):
-            self.fd = os.open(self.path, flags, FILE_MODE)
+            self.fd = self._open(os.O_TRUNC)
             self.size = 0
 
     def note(self, job_id: int, attempt: int) -> bool:
@@ -60,8 +59,7 @@ class StartLog:
         line = f"{job_id} {attempt}\n".encode()
         try:
             if self.fd < 0:
-                flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                self.fd = os.open(self.path, flags, FILE_MODE)
+                self.fd = self._open(0)
                 self.size = os.fstat(self.fd).st_size
                 if self.size and os.pread(self.fd, 1, self.size - 1) != b"\n":
                     self.size += os.write(self.fd, b"\n")  # end a torn line: never glue to it
@@ -71,6 +69,10 @@ class StartLog:
             return False
         self.size += len(line)
         return True
+
+    def _open(self, extra_flags: int) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | extra_flags
+        return os.open(self.path, flags, FILE_MODE)
 
     def trim(self, unfinished_local: bool) -> None:
         """Empty a long log once no local job it could name is unfinished."""

@@ -172,9 +172,6 @@ class Executor:
         )
         self.job.cgroup = self.create_cgroup(self.job)
         self.job.phase = "setup" if task.get("setup") else "run"
-        if self.launcher_failure is not None:
-            self.log(self.job, f"sky-mini: warning: {self.launcher_failure}")
-            self.launcher_failure = None
         self.spawn_phase(self.job)
 
     def create_cgroup(self, job: RunningJob) -> Any:
@@ -257,9 +254,9 @@ class Executor:
         ready, self.ready = self.ready, None
         if ready is None and not spec.get("file_mounts"):
             ready = self.spawn_launcher(f"executor {self.config.name}: job {job.job_id}")
-            if self.launcher_failure is not None:
-                self.log(job, f"sky-mini: warning: {self.launcher_failure}")
-                self.launcher_failure = None
+        if self.launcher_failure is not None:  # this spawn's, or the last ready child's
+            self.log(job, f"sky-mini: warning: {self.launcher_failure}")
+            self.launcher_failure = None
         handed = spec
         if ready is not None and ready.joined == tuple(spec["procs_files"]):
             handed = {**spec, "procs_files": []}  # it is in the job's groups already
